@@ -1,0 +1,40 @@
+"""pgchanges: do something when rows in PostgreSQL change.
+
+The public surface: :class:`App` for handlers, :func:`stream` for scripts, :class:`Change` for what both
+deliver, and the error hierarchy. Everything else is internal.
+"""
+
+from pgchanges.app import App
+from pgchanges.change import Change, Op
+from pgchanges.db.listener import Notification
+from pgchanges.dispatch import HandlerFailed
+from pgchanges.errors import (
+    CaptureError,
+    ConfigError,
+    ConnectError,
+    DecodeError,
+    NotInstalled,
+    PermissionDenied,
+    PgChangesError,
+    TableNotFound,
+)
+from pgchanges.stream import ChangeStream, stream
+
+__all__ = [
+    "App",
+    "CaptureError",
+    "Change",
+    "ChangeStream",
+    "ConfigError",
+    "ConnectError",
+    "DecodeError",
+    "HandlerFailed",
+    "NotInstalled",
+    "Notification",
+    "Op",
+    "PermissionDenied",
+    "PgChangesError",
+    "TableNotFound",
+    "stream",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,197 @@
+"""App: subscriptions, handler dispatch and lifecycle.
+
+app = pgchanges.App(dsn)
+
+@app.on("public.orders", ops={"insert", "update"})
+async def order_changed(change): ...
+
+app.run()                 # blocking, stops on SIGINT/SIGTERM
+await app.serve()         # inside a trio or asyncio program
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+
+from pgchanges import conninfo as ci
+from pgchanges.change import Change
+from pgchanges.db.listener import Notification
+from pgchanges.dispatch import Dispatcher, ErrorPolicy
+from pgchanges.names import TableName
+from pgchanges.routing import Predicate, Router
+from pgchanges.sources.base import Source
+from pgchanges.sources.factory import make_source
+
+log = logging.getLogger("pgchanges.app")
+
+F = TypeVar("F", bound=Callable[..., Any])
+NotificationHandler = Callable[[Notification], Awaitable[None] | None]
+GapHandler = Callable[[Change], Awaitable[None] | None]
+
+
+class App:
+    """A set of handlers for changes, served from one source."""
+
+    def __init__(
+        self,
+        dsn: ci.ConnectionSource = None,
+        *,
+        engine: Any = None,
+        source: str = "notify",
+        on_error: ErrorPolicy = "log",
+        auto_install: bool = True,
+        shutdown_timeout: float = 10.0,
+        application_name: str = ci.DEFAULT_APPLICATION_NAME,
+        **source_options: Any,
+    ) -> None:
+        self.conninfo = ci.resolve(dsn, engine=engine, application_name=application_name)
+        self.source_kind = source
+        self.router = Router()
+        self._on_error = on_error
+        self._auto_install = auto_install
+        self._shutdown_timeout = shutdown_timeout
+        self._source_options = source_options
+        self._channel_handlers: dict[str, list[NotificationHandler]] = {}
+        self._gap_handlers: list[GapHandler] = []
+        self._stop: anyio.Event | None = None  # created inside the running event loop
+        self._stop_requested = False
+        self.source: Source | None = None
+        self.dispatcher: Dispatcher | None = None
+
+    def __repr__(self) -> str:
+        return f"App(source={self.source_kind!r}, {ci.redact(self.conninfo)}, tables={self.router.tables})"
+
+    # -- subscriptions -----------------------------------------------------------------------------------
+
+    def on(
+        self, table: str | TableName, ops: Iterable[str] | str | None = None, where: Predicate | None = None
+    ) -> Callable[[F], F]:
+        """Subscribe the decorated handler to changes of ``table`` (``ops`` default: all row ops and truncate).
+
+        ``where`` is an optional predicate on the change; the handler sees only changes for which it is true.
+        """
+
+        def decorate(handler: F) -> F:
+            self.router.add(table, ops, handler, where)
+            return handler
+
+        return decorate
+
+    def on_notify(self, channel: str) -> Callable[[F], F]:
+        """Subscribe the decorated handler to plain NOTIFY messages on ``channel`` (any name, quoted for us)."""
+
+        def decorate(handler: F) -> F:
+            self._channel_handlers.setdefault(channel, []).append(handler)
+            return handler
+
+        return decorate
+
+    def on_gap(self, handler: F) -> F:
+        """Call ``handler(change)`` with an ``op="gap"`` change when changes may have been missed."""
+        self._gap_handlers.append(handler)
+        return handler
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask a running app to finish its queued changes and return from serve()/run()."""
+        self._stop_requested = True
+        if self._stop is not None:
+            self._stop.set()
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until :meth:`stop` is called. Works under trio and asyncio."""
+        self._stop = anyio.Event()
+        if self._stop_requested:
+            self._stop.set()
+        source = make_source(
+            self.source_kind,
+            self.conninfo,
+            self.router.tables,
+            list(self._channel_handlers),
+            auto_install=self._auto_install,
+            **self._source_options,
+        )
+        self.source = source
+        await source.open()
+        try:
+            async with Dispatcher(self.router, self._on_error) as dispatcher:
+                self.dispatcher = dispatcher
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._consume, source, dispatcher, tg.cancel_scope)
+                    task_status.started()
+                    await self._stop.wait()
+                    tg.cancel_scope.cancel()
+                log.info("stopping: finishing queued changes")
+        finally:
+            with anyio.CancelScope(shield=True):
+                await source.close()
+
+    async def _consume(self, source: Source, dispatcher: Dispatcher, scope: anyio.CancelScope) -> None:
+        async for batch in source.batches():
+            changes: list[Change] = []
+            for event in batch:
+                if isinstance(event, Notification):
+                    await self._flush(dispatcher, changes)
+                    changes = []
+                    await self._handle_notification(event)
+                elif event.op == "gap":
+                    await self._flush(dispatcher, changes)
+                    changes = []
+                    await self._handle_gap(event)
+                else:
+                    changes.append(event)
+            await self._flush(dispatcher, changes)
+            await source.ack(changes)
+
+    @staticmethod
+    async def _flush(dispatcher: Dispatcher, changes: list[Change]) -> None:
+        if changes:
+            await dispatcher.dispatch(changes)
+
+    async def _handle_notification(self, note: Notification) -> None:
+        for handler in self._channel_handlers.get(note.channel, ()):
+            await _call_safely(handler, note, f"notification on {note.channel!r}")
+
+    async def _handle_gap(self, change: Change) -> None:
+        log.warning("possible gap in changes: %s", (change.extra or {}).get("reason"))
+        for handler in self._gap_handlers:
+            await _call_safely(handler, change, change.id)
+
+    def run(self, backend: Literal["asyncio", "trio"] = "asyncio") -> None:
+        """Serve until SIGINT or SIGTERM; queued changes get ``shutdown_timeout`` seconds (or a second signal)."""
+        anyio.run(self._serve_until_signalled, backend=backend)
+
+    async def _serve_until_signalled(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_signals, tg.cancel_scope)
+            await self.serve()
+            tg.cancel_scope.cancel()
+
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s; finishing queued changes", signal.Signals(signum).name)
+                self.stop()
+                break
+            with anyio.move_on_after(self._shutdown_timeout):
+                async for _ in signals:
+                    break
+        log.warning("shutdown did not finish in time (or a second signal came); cancelling handlers")
+        scope.cancel()
+
+
+async def _call_safely(handler: Callable[[Any], Any], arg: Any, what: str) -> None:
+    try:
+        result = handler(arg)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("handler %s failed for %s", getattr(handler, "__qualname__", handler), what)

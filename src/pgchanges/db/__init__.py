@@ -1,0 +1,1 @@
+"""The only package that does I/O with PostgreSQL: connecting, listening and (later) replication streams."""

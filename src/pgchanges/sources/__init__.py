@@ -1,0 +1,1 @@
+"""Capture mechanisms behind one interface: each source yields batches of changes in commit order."""

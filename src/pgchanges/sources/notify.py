@@ -1,0 +1,224 @@
+"""The notify source: row triggers ``pg_notify`` a JSON payload; a dedicated connection LISTENs.
+
+At-most-once: NOTIFY is not queued for a listener that is away. When the LISTEN connection drops, the source
+reconnects with backoff and, once LISTEN is in place again (so nothing after the signal can be missed), emits
+a ``gap`` change so handlers can resynchronise. Payloads over NOTIFY's 8000-byte limit were spilled into
+``pgchanges.spill`` by the trigger; the source fetches them, in order, in the same batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import psycopg
+
+from pgchanges.capture import install as capture
+from pgchanges.change import EMPTY, Change, freeze
+from pgchanges.db.connect import close_async, connect_async
+from pgchanges.db.listener import ConnectionLost, Listener, Notification
+from pgchanges.errors import ConnectError, NotInstalled
+from pgchanges.names import TableName
+from pgchanges.rowtypes import RowType, fetch_row_types
+from pgchanges.sources.base import Backoff, Event, gap_marker
+
+log = logging.getLogger(__name__)
+
+SPILL_RETENTION_SECONDS = 3600.0
+
+
+class NotifySource:
+    """Changes of ``tables`` via triggers and LISTEN, plus raw notifications on ``channels``."""
+
+    name = "notify"
+
+    def __init__(
+        self,
+        conninfo: str,
+        tables: Sequence[TableName],
+        channels: Sequence[str] = (),
+        *,
+        auto_install: bool = True,
+        backoff: Backoff = Backoff(),  # noqa: B008 - immutable
+        spill_retention: float = SPILL_RETENTION_SECONDS,
+    ) -> None:
+        self._conninfo = conninfo
+        self._tables = list(dict.fromkeys(tables))
+        self._table_channels = {t.channel: t for t in self._tables}
+        self._listener = Listener(conninfo, [*self._table_channels, *channels])
+        self._auto_install = auto_install
+        self._backoff = backoff
+        self._spill_retention = spill_retention
+        self._control: psycopg.Connection[Any] | None = None
+        self._row_types: dict[int, RowType] = {}
+        self._reconnects = 0
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the LISTEN connection was re-established."""
+        return self._reconnects
+
+    @property
+    def listener_pid(self) -> int | None:
+        return self._listener.backend_pid
+
+    async def open(self) -> None:
+        self._control = await connect_async(self._conninfo)
+        await anyio.to_thread.run_sync(self._prepare)
+        await self._listener.open()
+
+    def _prepare(self) -> None:
+        assert self._control is not None
+        if self._tables:
+            missing = capture.missing_captures(self._control, self._tables, "notify")
+            if missing and not self._auto_install:
+                names = " ".join(str(t) for t in missing)
+                raise NotInstalled(f"notify capture is not installed on {names}; run `pgchanges install {names}`")
+            if missing:
+                capture.install(self._control, missing, "notify")
+                log.info("installed notify capture on %s", ", ".join(str(t) for t in missing))
+            self._control.execute(
+                "DELETE FROM pgchanges.spill WHERE created_at < now() - make_interval(secs => %s)",
+                (self._spill_retention,),
+            )
+
+    async def close(self) -> None:
+        await self._listener.close()
+        control, self._control = self._control, None
+        await close_async(control)
+
+    async def ack(self, changes: Sequence[Change]) -> None:
+        """Nothing to acknowledge: NOTIFY is fire-and-forget."""
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        while True:
+            try:
+                notifications = await self._listener.receive()
+            except ConnectionLost as exc:
+                reason = f"LISTEN connection lost: {exc}"
+                log.warning("%s; reconnecting", reason)
+                await self._reconnect()
+                yield [gap_marker(self.name, reason)]
+                continue
+            yield await self._decode(notifications)
+
+    async def _reconnect(self) -> None:
+        attempt = 0
+        while True:
+            await self._listener.close()
+            try:
+                await self._listener.open()
+            except ConnectError as exc:
+                delay = self._backoff.delay(attempt)
+                log.warning("reconnect attempt %d failed (%s); retrying in %.2fs", attempt + 1, exc, delay)
+                attempt += 1
+                await anyio.sleep(delay)
+                continue
+            self._reconnects += 1
+            log.warning("LISTEN re-established after %d failed attempt(s); changes may have been missed", attempt)
+            return
+
+    async def _decode(self, notifications: list[Notification]) -> list[Event]:
+        parsed: list[dict[str, Any] | Notification] = []
+        spilled: list[int] = []
+        for note in notifications:
+            if note.channel not in self._table_channels:
+                parsed.append(note)
+                continue
+            data = json.loads(note.payload, parse_float=Decimal)
+            if data.get("spill"):
+                spilled.append(data["id"])
+            parsed.append(data)
+        if spilled or self._needs_types(parsed):
+            parsed = await self._control_call(self._fetch_spills_and_types, parsed, spilled)
+        return [item if isinstance(item, Notification) else self._to_change(item) for item in parsed]
+
+    def _needs_types(self, parsed: list[dict[str, Any] | Notification]) -> bool:
+        for item in parsed:
+            if isinstance(item, Notification) or item.get("spill"):
+                continue
+            row_type = self._row_types.get(item["r"])
+            row = item.get("n") or item.get("o")
+            if row_type is None or (row is not None and not row_type.matches(row)):
+                return True
+        return False
+
+    def _fetch_spills_and_types(
+        self, conn: psycopg.Connection[Any], parsed: list[dict[str, Any] | Notification], spilled: list[int]
+    ) -> list[dict[str, Any] | Notification]:
+        if spilled:
+            rows = dict(conn.execute("SELECT id, payload FROM pgchanges.spill WHERE id = ANY(%s)", (spilled,)))
+            resolved: list[dict[str, Any] | Notification] = []
+            for item in parsed:
+                resolved.append(self._unspill(item, rows) if isinstance(item, dict) and item.get("spill") else item)
+            parsed = resolved
+        stale = {item["r"] for item in parsed if isinstance(item, dict) and "r" in item and self._stale(item)}
+        if stale:
+            self._row_types.update(fetch_row_types(conn, stale))
+        return parsed
+
+    @staticmethod
+    def _unspill(item: dict[str, Any], payloads: dict[int, str]) -> dict[str, Any]:
+        payload = payloads.get(item["id"])
+        if payload is not None:
+            loaded: dict[str, Any] = json.loads(payload, parse_float=Decimal)
+            return loaded
+        log.error("spilled payload %s of %s.%s is gone (older than the retention?)", item["id"], item["s"], item["t"])
+        return {"gap": f"spilled payload {item['id']} expired", "s": item["s"], "t": item["t"]}
+
+    def _stale(self, item: dict[str, Any]) -> bool:
+        row_type = self._row_types.get(item["r"])
+        row = item.get("n") or item.get("o")
+        return row_type is None or (row is not None and not row_type.matches(row))
+
+    async def _control_call(self, func: Any, *args: Any) -> Any:
+        """Run ``func(control_conn, *args)`` in a thread, reopening the control connection once if it broke."""
+        for attempt in (1, 2):
+            if self._control is None or self._control.closed or self._control.broken:
+                await close_async(self._control)
+                self._control = await connect_async(self._conninfo)
+            try:
+                return await anyio.to_thread.run_sync(func, self._control, *args)
+            except psycopg.OperationalError:
+                if attempt == 2:
+                    raise
+                log.warning("control connection lost; reconnecting")
+                self._control = None
+        raise AssertionError("unreachable")
+
+    def _to_change(self, data: dict[str, Any]) -> Change:
+        if "gap" in data:
+            return gap_marker(self.name, data["gap"], data["s"], data["t"])
+        op = data["op"]
+        row_type = self._row_types.get(data["r"])
+        new = data.get("n")
+        old = data.get("o")
+        changed = EMPTY
+        if new is not None and old is not None:
+            changed = tuple(key for key, value in new.items() if old.get(key, _MISSING) != value)
+        if row_type is not None:
+            if new is not None:
+                row_type.convert(new)
+            if old is not None:
+                row_type.convert(old)
+        event_id = data["id"]
+        return Change(
+            f"notify:{event_id}",
+            op,
+            data["s"],
+            data["t"],
+            freeze(new),
+            freeze(old),
+            changed,
+            data.get("x"),
+            None,
+            event_id,
+            "notify",
+        )
+
+
+_MISSING = object()

@@ -1,0 +1,63 @@
+"""``pgchanges.stream()``: changes as an async iterator, for scripts and the terminal.
+
+    async with pgchanges.stream(dsn, tables=["public.orders"]) as changes:
+        async for change in changes:
+            ...
+            await changes.ack(change)   # durable sources advance only after ack; a no-op for notify
+
+Gap markers (``op == "gap"``) are yielded in place, so a loop that resynchronises on them cannot miss what
+follows. Plain notifications on ``channels`` are not yielded here; use an App with ``on_notify`` for those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pgchanges import conninfo as ci
+from pgchanges.change import Change
+from pgchanges.names import TableName, parse_table
+from pgchanges.routing import normalise_ops
+from pgchanges.sources.base import Source
+from pgchanges.sources.factory import make_source
+
+
+class ChangeStream:
+    """An open stream of changes; iterate it, and ack what you have handled."""
+
+    def __init__(self, source: Source, ops: frozenset[str]) -> None:
+        self.source = source
+        self._ops = ops | {"gap"}
+
+    async def __aiter__(self) -> AsyncIterator[Change]:
+        async for batch in self.source.batches():
+            for event in batch:
+                if isinstance(event, Change) and event.op in self._ops:
+                    yield event
+
+    async def ack(self, *changes: Change) -> None:
+        """Mark ``changes`` handled (durable sources resume after the last acknowledged change)."""
+        await self.source.ack(changes)
+
+
+@asynccontextmanager
+async def stream(
+    dsn: ci.ConnectionSource = None,
+    *,
+    tables: Iterable[str | TableName],
+    source: str = "notify",
+    engine: Any = None,
+    ops: Iterable[str] | None = None,
+    auto_install: bool = True,
+    **options: Any,
+) -> AsyncIterator[ChangeStream]:
+    """Open a stream of changes of ``tables`` from ``source``."""
+    conninfo = ci.resolve(dsn, engine=engine)
+    names: Sequence[TableName] = [t if isinstance(t, TableName) else parse_table(t) for t in tables]
+    opened = make_source(source, conninfo, names, auto_install=auto_install, **options)
+    await opened.open()
+    try:
+        yield ChangeStream(opened, normalise_ops(ops))
+    finally:
+        await opened.close()
