@@ -1,0 +1,221 @@
+"""The ``pgchanges`` command: install capture, tail changes, run an App, try the demo.
+
+The DSN comes from ``--dsn``, else ``DATABASE_URL``, else libpq's ``PG*`` environment variables. Every failure
+is one line on stderr with a non-zero exit status: no traceback, no password.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import anyio
+import psycopg
+
+from pgchanges import conninfo as ci
+from pgchanges.app import App
+from pgchanges.capture import install as capture
+from pgchanges.db.connect import connect
+from pgchanges.display import format_change
+from pgchanges.errors import ConfigError, PgChangesError
+from pgchanges.names import parse_table
+from pgchanges.sources.factory import SOURCES
+from pgchanges.stream import stream
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dsn", help="libpq connection string or URL (default: $DATABASE_URL, then PG* variables)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgchanges", description="Do something when rows in PostgreSQL change.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("install", help="install capture on tables (idempotent)")
+    _common(p)
+    p.add_argument("tables", nargs="+", metavar="TABLE")
+    p.add_argument("--source", default="notify", choices=SOURCES)
+    p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("uninstall", help="remove capture (from TABLEs, or everything pgchanges created)")
+    _common(p)
+    p.add_argument("tables", nargs="*", metavar="TABLE")
+    p.set_defaults(func=cmd_uninstall)
+
+    p = sub.add_parser("status", help="show what is captured")
+    _common(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("tail", help="print changes as they happen")
+    _common(p)
+    p.add_argument("tables", nargs="+", metavar="TABLE")
+    p.add_argument("--source", default="notify", choices=SOURCES)
+    p.add_argument("--format", default="text", choices=("text", "json"))
+    p.add_argument("--ops", help="comma-separated ops to show (default: all)")
+    p.add_argument("--count", type=int, help="exit after this many changes")
+    p.add_argument("--no-install", action="store_true", help="fail instead of installing missing capture")
+    p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("run", help="run an App: pgchanges run package.module:app")
+    _common(p)
+    p.add_argument("target", metavar="MODULE:APP")
+    p.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="embedded PostgreSQL, a demo table, writes, and the changes on screen")
+    _common(p)
+    p.add_argument("--duration", type=float, default=15.0, help="seconds of writes (default 15)")
+    p.add_argument("--rate", type=float, default=20.0, help="writes per second (default 20)")
+    p.add_argument("--format", default="text", choices=("text", "json"))
+    p.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _conninfo(args: argparse.Namespace) -> str:
+    return ci.resolve(args.dsn)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    tables = [parse_table(t) for t in args.tables]
+    with connect(_conninfo(args)) as conn:
+        added = capture.install(conn, tables, args.source)
+    for table in tables:
+        state = "installed" if table in added else "already installed"
+        print(f"{args.source} capture {state} on {table}")
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    tables = [parse_table(t) for t in args.tables] or None
+    with connect(_conninfo(args)) as conn:
+        removed = capture.uninstall(conn, tables)
+    if not removed and tables is None:
+        print("nothing to remove; schema pgchanges is gone")
+    for table in removed:
+        print(f"capture removed from {table}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with connect(_conninfo(args)) as conn:
+        found = capture.captures(conn)
+    if not found:
+        print("nothing is captured")
+    for item in found:
+        print(f"{item.source:<8} {item.table}")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    ops = [op.strip() for op in args.ops.split(",")] if args.ops else None
+    conninfo = _conninfo(args)
+    tail = partial(
+        _tail,
+        conninfo,
+        tables=args.tables,
+        source=args.source,
+        fmt=args.format,
+        ops=ops,
+        count=args.count,
+        auto_install=not args.no_install,
+    )
+    anyio.run(tail)
+    return 0
+
+
+async def _tail(
+    conninfo: str,
+    *,
+    tables: list[str],
+    source: str,
+    fmt: str,
+    ops: list[str] | None,
+    count: int | None,
+    auto_install: bool,
+    on_ready: Callable[[], Any] | None = None,
+) -> None:
+    seen = 0
+    async with stream(conninfo, tables=tables, source=source, ops=ops, auto_install=auto_install) as changes:
+        if on_ready:
+            on_ready()
+        print(f"-- tailing {', '.join(tables)} ({source}); Ctrl-C to stop", file=sys.stderr, flush=True)
+        async for change in changes:
+            if change.op == "gap":
+                print(format_change(change), file=sys.stderr, flush=True)
+                if fmt == "text":
+                    continue
+            line = change.to_json() if fmt == "json" else format_change(change)
+            print(line, flush=True)
+            await changes.ack(change)
+            seen += 1
+            if count is not None and seen >= count:
+                return
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    app = load_app(args.target)
+    if args.dsn:  # overrides the DSN the module gave its App
+        app.conninfo = ci.resolve(args.dsn)
+    app.run(backend=args.backend)
+    return 0
+
+
+def load_app(target: str) -> App:
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"expected MODULE:APP (e.g. shop.events:app), got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attribute, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"{target} is not a pgchanges.App (found {type(app).__name__})")
+    return app
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pgchanges.demo import run_demo  # noqa: PLC0415 - only the demo needs the embedded server
+
+    return run_demo(args)
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 0 if args.command in ("tail", "demo", "run") else EXIT_INTERRUPTED
+    except PgChangesError as exc:
+        print(f"pgchanges: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except psycopg.Error as exc:
+        print(f"pgchanges: database error: {ci.describe_error(exc, getattr(args, 'dsn', '') or '')}", file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:  # `pgchanges tail … | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
