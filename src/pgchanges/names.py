@@ -9,6 +9,7 @@ as an argument at install time) and the listener agree without a lookup, and nam
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from psycopg import sql
@@ -18,6 +19,7 @@ from pgchanges.errors import ConfigError
 #: PostgreSQL truncates identifiers to NAMEDATALEN - 1 bytes.
 MAX_IDENTIFIER_BYTES = 63
 CHANNEL_PREFIX = "pgchanges:"
+_UNQUOTED = re.compile(r"^[^\W\d][\w$]*$")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -92,6 +94,8 @@ def _split_identifier(text: str) -> list[str]:
             j = text.find(".", i)
             raw = text[i:] if j < 0 else text[i:j]
             part = raw.strip().lower()
+            if part and not _UNQUOTED.match(part):
+                raise ConfigError(f"{raw.strip()!r} in {text!r} needs double quotes (it is not a plain identifier)")
             i = n if j < 0 else j
         if not part:
             raise ConfigError(f"empty part in table name {text!r}")

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 Converter = Callable[[Any], Any]
 
 # Built-in type oids (pg_type.dat); stable across PostgreSQL versions.
-INT_OIDS = frozenset({20, 21, 23, 26, 28, 5069})  # int8 int2 int4 oid xid xid8-as-number
+INT_OIDS = frozenset({20, 21, 23})  # int8 int2 int4 (to_json writes oid, xid as strings)
 PLAIN_OIDS = frozenset({16, 18, 19, 25, 114, 1042, 1043, 3802})  # bool "char" name text json bpchar varchar jsonb
 NUMERIC_OID, FLOAT4_OID, FLOAT8_OID = 1700, 700, 701
 DATE_OID, TIMESTAMP_OID, TIMESTAMPTZ_OID, UUID_OID = 1082, 1114, 1184, 2950

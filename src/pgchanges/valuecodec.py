@@ -53,10 +53,11 @@ _ENCODERS: list[tuple[type, str, Callable[[Any], Any]]] = [
     (uuid.UUID, "uuid", str),
     (bytes, "bytes", lambda v: base64.b64encode(v).decode()),
     (memoryview, "bytes", lambda v: base64.b64encode(bytes(v)).decode()),
-    (ipaddress.IPv4Address, "ip_address", str),
-    (ipaddress.IPv6Address, "ip_address", str),
+    # Interfaces subclass addresses, so they must be matched first.
     (ipaddress.IPv4Interface, "ip_interface", str),
     (ipaddress.IPv6Interface, "ip_interface", str),
+    (ipaddress.IPv4Address, "ip_address", str),
+    (ipaddress.IPv6Address, "ip_address", str),
     (ipaddress.IPv4Network, "ip_network", str),
     (ipaddress.IPv6Network, "ip_network", str),
 ]
