@@ -121,6 +121,10 @@ class App:
         )
         self.source = source
         await source.open()
+        log.info(
+            "listening for changes (%s) on %s", self.source_kind,
+            ", ".join(str(t) for t in self.router.tables) or "no tables",
+        )
         try:
             async with Dispatcher(self.router, self._on_error) as dispatcher:
                 self.dispatcher = dispatcher
