@@ -122,7 +122,8 @@ class App:
         self.source = source
         await source.open()
         log.info(
-            "listening for changes (%s) on %s", self.source_kind,
+            "listening for changes (%s) on %s",
+            self.source_kind,
             ", ".join(str(t) for t in self.router.tables) or "no tables",
         )
         try:

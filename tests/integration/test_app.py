@@ -107,7 +107,7 @@ async def test_stop_policy_ends_serve_with_handler_failed(dsn, db):
     def broken(change):
         raise RuntimeError("stop here")
 
-    with pytest.raises(BaseException) as info:  # noqa: PT011 - an ExceptionGroup wraps it
+    with pytest.raises(BaseException) as info:
         async with anyio.create_task_group() as tg:
             await tg.start(app.serve)
             db.execute("INSERT INTO t VALUES (1)")
@@ -123,7 +123,10 @@ async def test_app_accepts_engine_connection_or_dict(dsn, db, kind):
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     if kind == "engine":
         url = sqlalchemy.engine.URL.create(
-            "postgresql+psycopg", username=params["user"], host=params["host"], port=int(params["port"]),
+            "postgresql+psycopg",
+            username=params["user"],
+            host=params["host"],
+            port=int(params["port"]),
             database=params["dbname"],
         )
         app = pgchanges.App(engine=sqlalchemy.create_engine(url))

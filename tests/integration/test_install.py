@@ -63,8 +63,10 @@ def test_missing_privilege_says_what_to_do(db, dsn):
     db.execute(f"CREATE ROLE {role} LOGIN")
     db.execute(f"GRANT SELECT ON orders TO {role}")
     try:
-        with psycopg.connect(dsn.replace("user=postgres", f"user={role}"), autocommit=True) as conn:
-            with pytest.raises(PermissionDenied, match="permission denied.*owner"):
-                capture.install(conn, [TableName("public", "orders")])
+        with (
+            psycopg.connect(dsn.replace("user=postgres", f"user={role}"), autocommit=True) as conn,
+            pytest.raises(PermissionDenied, match=r"permission denied.*owner"),
+        ):
+            capture.install(conn, [TableName("public", "orders")])
     finally:
         db.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")

@@ -87,7 +87,7 @@ async def test_column_added_shows_up_in_the_next_change(dsn, db):
 
 async def test_not_installed_without_auto_install_is_a_clear_error(dsn, db):
     db.execute("CREATE TABLE t (id int)")
-    with pytest.raises(pgchanges.NotInstalled, match="pgchanges install public.t"):
+    with pytest.raises(pgchanges.NotInstalled, match=r"pgchanges install public\.t"):
         async with pgchanges.stream(dsn, tables=["t"], auto_install=False):
             pass
 

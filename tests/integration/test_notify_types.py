@@ -10,14 +10,38 @@ from tests.conftest import take
 pytestmark = pytest.mark.anyio
 
 COLUMNS = {
-    "c_int2": "int2", "c_int4": "int4", "c_int8": "int8", "c_numeric": "numeric",
-    "c_numeric_scaled": "numeric(30,10)", "c_float4": "float4", "c_float8": "float8", "c_bool": "bool",
-    "c_text": "text", "c_varchar": "varchar(10)", "c_char": "char(3)", "c_date": "date",
-    "c_timestamp": "timestamp", "c_timestamptz": "timestamptz", "c_time": "time", "c_timetz": "timetz",
-    "c_interval": "interval", "c_uuid": "uuid", "c_bytea": "bytea", "c_json": "json", "c_jsonb": "jsonb",
-    "c_int_array": "int4[]", "c_text_array": "text[]", "c_numeric_array": "numeric[]",
-    "c_tstz_array": "timestamptz[]", "c_nested": "int4[][]", "c_enum": "mood", "c_domain": "money_amount",
-    "c_inet": "inet", "c_cidr": "cidr", "c_range": "int4range", "c_oid": "oid",
+    "c_int2": "int2",
+    "c_int4": "int4",
+    "c_int8": "int8",
+    "c_numeric": "numeric",
+    "c_numeric_scaled": "numeric(30,10)",
+    "c_float4": "float4",
+    "c_float8": "float8",
+    "c_bool": "bool",
+    "c_text": "text",
+    "c_varchar": "varchar(10)",
+    "c_char": "char(3)",
+    "c_date": "date",
+    "c_timestamp": "timestamp",
+    "c_timestamptz": "timestamptz",
+    "c_time": "time",
+    "c_timetz": "timetz",
+    "c_interval": "interval",
+    "c_uuid": "uuid",
+    "c_bytea": "bytea",
+    "c_json": "json",
+    "c_jsonb": "jsonb",
+    "c_int_array": "int4[]",
+    "c_text_array": "text[]",
+    "c_numeric_array": "numeric[]",
+    "c_tstz_array": "timestamptz[]",
+    "c_nested": "int4[][]",
+    "c_enum": "mood",
+    "c_domain": "money_amount",
+    "c_inet": "inet",
+    "c_cidr": "cidr",
+    "c_range": "int4range",
+    "c_oid": "oid",
 }
 ROWS = [
     """(1, 32767, 2147483647, 9223372036854775807, 123456789012345678901234567890.123456789,
@@ -28,7 +52,8 @@ ROWS = [
         'happy', 12.50, '192.168.0.1/24', '10.0.0.0/8', '[1,10)', 42)""",
     "(2, " + ", ".join(["NULL"] * len(COLUMNS)) + ")",
     """(3, -32768, -1, -1, 'NaN', 0, 'NaN', '-Infinity', false, '', '', '', '0001-01-01', '1999-12-31 23:59:59',
-        '1970-01-01 00:00:00.000001+14', '00:00', '00:00+00', '-1 day', '00000000-0000-0000-0000-000000000000', '', 'null', '[]',
+        '1970-01-01 00:00:00.000001+14', '00:00', '00:00+00', '-1 day', '00000000-0000-0000-0000-000000000000',
+        '', 'null', '[]',
         '{}', '{}', '{}', '{}', '{}', 'sad', 0, '::1', '::/0', 'empty', 0)""",
 ]
 
@@ -51,9 +76,7 @@ async def test_every_type_arrives_as_psycopg_reads_it(dsn, db):
         got = await take(changes, len(ROWS))
     db.execute("RESET TIME ZONE")
     for change in got:
-        expected = db.execute(
-            f"SELECT {', '.join(COLUMNS)} FROM typed WHERE id = %s", (change.new["id"],)
-        ).fetchone()
+        expected = db.execute(f"SELECT {', '.join(COLUMNS)} FROM typed WHERE id = %s", (change.new["id"],)).fetchone()
         for name, want in zip(COLUMNS, expected, strict=True):
             have = change.new[name]
             assert same(have, want), f"row {change.new['id']} {name}: got {have!r}, psycopg reads {want!r}"

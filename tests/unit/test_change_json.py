@@ -32,8 +32,17 @@ rows = st.dictionaries(st.text(min_size=1, max_size=10), values, max_size=6)
 
 def make(new, old=None, op="update"):
     return Change(
-        id="notify:1", op=op, schema="public", table="t", new=freeze(new), old=freeze(old), changed=("a",),
-        xid=42, commit_time=datetime(2024, 5, 1, tzinfo=UTC), position=1, source="notify",
+        id="notify:1",
+        op=op,
+        schema="public",
+        table="t",
+        new=freeze(new),
+        old=freeze(old),
+        changed=("a",),
+        xid=42,
+        commit_time=datetime(2024, 5, 1, tzinfo=UTC),
+        position=1,
+        source="notify",
     )
 
 
@@ -61,16 +70,36 @@ def test_json_is_readable_plain_values_with_types_sidecar():
     data = json.loads(change.to_json())
     assert data["new"] == {"id": 7, "price": "9.90", "at": "2024-05-01T10:00:00+00:00", "tags": ["a"]}
     assert data["types"] == {"new": {"price": "decimal", "at": "datetime"}}
-    assert set(data) >= {"id", "op", "schema", "table", "new", "old", "changed", "xid", "commit_time", "position",
-                         "source"}
+    assert set(data) >= {
+        "id",
+        "op",
+        "schema",
+        "table",
+        "new",
+        "old",
+        "changed",
+        "xid",
+        "commit_time",
+        "position",
+        "source",
+    }
 
 
 @pytest.mark.parametrize(
     "value",
     [
-        float("nan"), float("inf"), -float("inf"), b"\x00\xff", uuid.uuid4(), date(1, 1, 1), time(23, 59, 59, 999999),
-        datetime(2024, 1, 1, tzinfo=timezone(timedelta(hours=5, minutes=30))), timedelta(days=-1, microseconds=1),
-        ipaddress.ip_address("::1"), ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_interface("192.168.0.1/24"),
+        float("nan"),
+        float("inf"),
+        -float("inf"),
+        b"\x00\xff",
+        uuid.uuid4(),
+        date(1, 1, 1),
+        time(23, 59, 59, 999999),
+        datetime(2024, 1, 1, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        timedelta(days=-1, microseconds=1),
+        ipaddress.ip_address("::1"),
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_interface("192.168.0.1/24"),
         [[Decimal("1.5"), None], [Decimal("2")]],
     ],
 )
