@@ -55,7 +55,7 @@ def resolve(
     except psycopg.ProgrammingError as exc:
         raise ConfigError(f"invalid connection string: {_strip_secrets(str(exc))}") from None
     extra: dict[str, Any] = {"application_name": application_name}
-    if str(params.get("host", "")).startswith("/") is False:
+    if not str(params.get("host", "")).startswith("/"):  # keepalives are for TCP only
         extra.update({k: v for k, v in KEEPALIVES.items() if k not in params})
     if "application_name" in params:
         extra.pop("application_name")
@@ -83,11 +83,6 @@ def _from_connection(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any
         params["password"] = password
     params.pop("application_name", None)
     return make_conninfo("", **params)
-
-
-def with_options(conninfo: str, **options: Any) -> str:
-    """``conninfo`` with extra libpq keywords (e.g. ``replication="database"``)."""
-    return make_conninfo(conninfo, **options)
 
 
 def redact(conninfo: str) -> str:

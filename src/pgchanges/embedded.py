@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,11 +192,3 @@ def _ensure_run_as_user() -> pwd.struct_passwd:
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", RUN_AS_USER], check=True)
         return pwd.getpwnam(RUN_AS_USER)
-
-
-@contextlib.contextmanager
-def local_cluster(**kwargs: object) -> Iterator[LocalCluster]:
-    """``with local_cluster() as cluster: cluster.dsn()``."""
-    cluster = LocalCluster(**kwargs)  # type: ignore[arg-type]
-    with cluster:
-        yield cluster

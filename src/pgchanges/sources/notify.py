@@ -137,7 +137,7 @@ class NotifySource:
         parsed: list[dict[str, Any] | Notification] = []
         spilled: list[int] = []
         needs_types = False
-        table_channels, row_types = self._table_channels, self._row_types
+        table_channels, stale = self._table_channels, self._stale
         for note in notifications:
             if note.channel not in table_channels:
                 parsed.append(note)
@@ -146,9 +146,7 @@ class NotifySource:
             if "spill" in data:
                 spilled.append(data["id"])
             elif not needs_types:
-                row_type = row_types.get(data["r"])
-                row = data.get("n") or data.get("o")
-                needs_types = row_type is None or (row is not None and row.keys() != row_type.names)
+                needs_types = stale(data)
             parsed.append(data)
         if spilled or needs_types:
             parsed = await self._control_call(self._fetch_spills_and_types, parsed, spilled)
@@ -178,6 +176,7 @@ class NotifySource:
         return {"gap": f"spilled payload {item['id']} expired", "s": item["s"], "t": item["t"]}
 
     def _stale(self, item: dict[str, Any]) -> bool:
+        """Whether the cached column types of the item's table are missing or no longer fit its row."""
         row_type = self._row_types.get(item["r"])
         row = item.get("n") or item.get("o")
         return row_type is None or (row is not None and not row_type.matches(row))
