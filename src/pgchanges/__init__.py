@@ -18,6 +18,7 @@ from pgchanges.errors import (
     PgChangesError,
     TableNotFound,
 )
+from pgchanges.sources.outbox import RetryPolicy, Transaction
 from pgchanges.stream import ChangeStream, stream
 
 __all__ = [
@@ -34,7 +35,9 @@ __all__ = [
     "Op",
     "PermissionDenied",
     "PgChangesError",
+    "RetryPolicy",
     "TableNotFound",
+    "Transaction",
     "stream",
 ]
 __version__ = "0.1.0"

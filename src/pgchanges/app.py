@@ -15,6 +15,7 @@ import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -26,8 +27,9 @@ from pgchanges.db.listener import Notification
 from pgchanges.dispatch import Dispatcher, ErrorPolicy
 from pgchanges.names import TableName
 from pgchanges.routing import Predicate, Router
-from pgchanges.sources.base import Source
+from pgchanges.sources.base import DurableSource, Source
 from pgchanges.sources.factory import make_source
+from pgchanges.sources.outbox import Transaction
 
 log = logging.getLogger("pgchanges.app")
 
@@ -127,6 +129,9 @@ class App:
             ", ".join(str(t) for t in self.router.tables) or "no tables",
         )
         try:
+            if isinstance(source, DurableSource):
+                await self._serve_durable(source, task_status)
+                return
             async with Dispatcher(self.router, self._on_error) as dispatcher:
                 self.dispatcher = dispatcher
                 async with anyio.create_task_group() as tg:
@@ -138,6 +143,27 @@ class App:
         finally:
             with anyio.CancelScope(shield=True):
                 await source.close()
+
+    async def _serve_durable(self, source: DurableSource, task_status: TaskStatus[None]) -> None:
+        assert self._stop is not None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(source.serve, self._handle_durable)
+            task_status.started()
+            await self._stop.wait()
+            log.info("stopping: finishing the batch in hand")
+            source.stop()
+
+    async def _handle_durable(self, change: Change, tx: Transaction) -> None:
+        """Run every matching handler; an exception makes the source retry the change."""
+        for route in self.router.routes_for(change):
+            if route.where is not None and not route.where(change):
+                continue
+            args = (change, tx) if route.wants_transaction else (change,)
+            if route.wants_transaction:
+                async with tx.savepoint():
+                    await _run_handler(route.handler, route.is_async, args)
+            else:
+                await _run_handler(route.handler, route.is_async, args)
 
     async def _consume(self, source: Source, dispatcher: Dispatcher, scope: anyio.CancelScope) -> None:
         async for batch in source.batches():
@@ -191,6 +217,13 @@ class App:
                     break
         log.warning("shutdown did not finish in time (or a second signal came); cancelling handlers")
         scope.cancel()
+
+
+async def _run_handler(handler: Callable[..., Any], is_async: bool, args: tuple[Any, ...]) -> None:
+    if is_async:
+        await handler(*args)
+    else:
+        await anyio.to_thread.run_sync(partial(handler, *args), abandon_on_cancel=True)
 
 
 async def _call_safely(handler: Callable[[Any], Any], arg: Any, what: str) -> None:

@@ -24,11 +24,22 @@ class Route:
     handler: Callable[..., Any]
     where: Predicate | None = None
     is_async: bool = field(init=False)
+    wants_transaction: bool = field(init=False)
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
+        object.__setattr__(self, "wants_transaction", _positional_parameters(self.handler) >= 2)
         object.__setattr__(self, "name", getattr(self.handler, "__qualname__", repr(self.handler)))
+
+
+def _positional_parameters(handler: Callable[..., Any]) -> int:
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature take the change only
+        return 1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in parameters if p.kind in kinds)
 
 
 def normalise_ops(ops: Iterable[str] | str | None) -> frozenset[str]:

@@ -19,23 +19,38 @@ from pgchanges.capture import migrations
 from pgchanges.errors import CaptureError, PermissionDenied, TableNotFound
 from pgchanges.names import TableName
 
-TRIGGER_SOURCES = ("notify",)
-
 
 @dataclass(frozen=True)
-class TriggerSpec:
-    """The triggers one trigger-based source puts on a table."""
+class TriggerDef:
+    """One trigger a source puts on a captured table."""
 
-    row_trigger: str
-    truncate_trigger: str
+    name: str
+    events: str  # e.g. "INSERT OR UPDATE OR DELETE"
+    level: str  # "ROW" or "STATEMENT"
     function: str
-
-    def argument(self, table: TableName) -> str:
-        return table.channel
+    channel_argument: bool = False
 
 
-NOTIFY_TRIGGERS = TriggerSpec("pgchanges_notify", "pgchanges_notify_truncate", "notify_row_v1")
-TRIGGERS: dict[str, TriggerSpec] = {"notify": NOTIFY_TRIGGERS}
+TRIGGERS: dict[str, tuple[TriggerDef, ...]] = {
+    "notify": (
+        TriggerDef("pgchanges_notify", "INSERT OR UPDATE OR DELETE", "ROW", "notify_row_v1", True),
+        TriggerDef("pgchanges_notify_truncate", "TRUNCATE", "STATEMENT", "notify_row_v1", True),
+    ),
+    "outbox": (
+        TriggerDef("pgchanges_outbox", "INSERT OR UPDATE OR DELETE", "ROW", "outbox_row_v1"),
+        TriggerDef("pgchanges_outbox_truncate", "TRUNCATE", "STATEMENT", "outbox_row_v1"),
+        TriggerDef("pgchanges_outbox_wake", "INSERT OR UPDATE OR DELETE OR TRUNCATE", "STATEMENT", "outbox_wake_v1"),
+    ),
+}
+TRIGGER_SOURCES = tuple(TRIGGERS)
+
+PRIMARY_KEY_SQL = """
+SELECT array_agg(a.attname::text ORDER BY k.ord)
+FROM pg_catalog.pg_index i
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = %s AND i.indisprimary
+"""
 
 
 def table_oid(conn: psycopg.Connection[Any], table: TableName) -> int:
@@ -73,32 +88,33 @@ def install(conn: psycopg.Connection[Any], tables: Iterable[TableName], source: 
 
 
 def _install_triggers(
-    conn: psycopg.Connection[Any], table: TableName, oid: int, spec: TriggerSpec, source: str
+    conn: psycopg.Connection[Any], table: TableName, oid: int, spec: tuple[TriggerDef, ...], source: str
 ) -> bool:
     present = conn.execute(
         "SELECT 1 FROM pgchanges.captures WHERE table_oid = %s AND source = %s", (oid, source)
     ).fetchone()
-    function = sql.Identifier("pgchanges", spec.function)
-    argument = sql.Literal(spec.argument(table))
-    conn.execute(
-        sql.SQL(
-            "CREATE OR REPLACE TRIGGER {name} AFTER INSERT OR UPDATE OR DELETE ON {table} "
-            "FOR EACH ROW EXECUTE FUNCTION {function}({argument})"
-        ).format(name=sql.Identifier(spec.row_trigger), table=table.identifier, function=function, argument=argument)
-    )
-    conn.execute(
-        sql.SQL(
-            "CREATE OR REPLACE TRIGGER {name} AFTER TRUNCATE ON {table} "
-            "FOR EACH STATEMENT EXECUTE FUNCTION {function}({argument})"
-        ).format(
-            name=sql.Identifier(spec.truncate_trigger), table=table.identifier, function=function, argument=argument
+    for trigger in spec:
+        argument = sql.Literal(table.channel) if trigger.channel_argument else sql.SQL("")
+        conn.execute(
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER {name} AFTER {events} ON {table} "
+                "FOR EACH {level} EXECUTE FUNCTION {function}({argument})"
+            ).format(
+                name=sql.Identifier(trigger.name),
+                events=sql.SQL(trigger.events),
+                table=table.identifier,
+                level=sql.SQL(trigger.level),
+                function=sql.Identifier("pgchanges", trigger.function),
+                argument=argument,
+            )
         )
-    )
+    key = conn.execute(PRIMARY_KEY_SQL, (oid,)).fetchone()
     conn.execute(
-        """INSERT INTO pgchanges.captures (table_oid, schema_name, table_name, source) VALUES (%s, %s, %s, %s)
+        """INSERT INTO pgchanges.captures (table_oid, schema_name, table_name, source, key_columns)
+           VALUES (%s, %s, %s, %s, %s)
            ON CONFLICT (table_oid, source) DO UPDATE SET schema_name = excluded.schema_name,
-                                                         table_name = excluded.table_name""",
-        (oid, table.schema, table.table, source),
+               table_name = excluded.table_name, key_columns = excluded.key_columns""",
+        (oid, table.schema, table.table, source, key[0] if key else None),
     )
     return present is None
 
@@ -166,13 +182,10 @@ def uninstall(conn: psycopg.Connection[Any], tables: Iterable[TableName] | None 
 
 
 def _drop_triggers(conn: psycopg.Connection[Any], capture: Capture) -> None:
-    spec = TRIGGERS.get(capture.source)
-    if spec is None:
-        return
-    for name in (spec.row_trigger, spec.truncate_trigger):
+    for trigger in TRIGGERS.get(capture.source, ()):
         conn.execute(
             sql.SQL("DROP TRIGGER IF EXISTS {name} ON {table}").format(
-                name=sql.Identifier(name), table=capture.table.identifier
+                name=sql.Identifier(trigger.name), table=capture.table.identifier
             )
         )
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.db.listener import Notification
@@ -27,6 +27,15 @@ class Source(Protocol):
     def batches(self) -> AsyncIterator[list[Event]]: ...
 
     async def ack(self, changes: Sequence[Change]) -> None: ...
+
+
+@runtime_checkable
+class DurableSource(Source, Protocol):
+    """A source that runs handlers itself, inside the transaction that acknowledges their changes."""
+
+    async def serve(self, handle: Callable[[Change, Any], Awaitable[None]]) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass(frozen=True)

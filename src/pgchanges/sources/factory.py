@@ -9,7 +9,7 @@ from pgchanges.errors import ConfigError
 from pgchanges.names import TableName
 from pgchanges.sources.base import Source
 
-SOURCES = ("notify",)
+SOURCES = ("notify", "outbox")
 
 
 def make_source(
@@ -19,4 +19,8 @@ def make_source(
         from pgchanges.sources.notify import NotifySource  # noqa: PLC0415 - sources load on demand
 
         return NotifySource(conninfo, tables, channels, **options)
+    if kind == "outbox":
+        from pgchanges.sources.outbox import OutboxSource  # noqa: PLC0415
+
+        return OutboxSource(conninfo, tables, channels, **options)
     raise ConfigError(f"unknown source {kind!r}; available: {', '.join(SOURCES)}")

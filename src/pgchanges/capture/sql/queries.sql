@@ -1,0 +1,167 @@
+-- Queries of the outbox source, loaded by name (pgchanges.capture.queries). Parameters are %(name)s.
+
+-- name: register_consumer
+INSERT INTO pgchanges.consumers (name, table_oids) VALUES (%(consumer)s, %(table_oids)s)
+ON CONFLICT (name) DO UPDATE
+SET table_oids = ARRAY(SELECT DISTINCT unnest(pgchanges.consumers.table_oids || excluded.table_oids)),
+    seen_at = now()
+
+-- name: materialize
+WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS horizon),
+consumer AS (
+    SELECT name, table_oids, horizon AS old_horizon FROM pgchanges.consumers WHERE name = %(consumer)s FOR UPDATE
+),
+fresh AS (
+    INSERT INTO pgchanges.queue (consumer, event_id, xid, row_key)
+    SELECT c.name, e.id, e.xid, pgchanges.row_key_v1(e.table_oid, coalesce(e.new_row, e.old_row))
+    FROM consumer c JOIN pgchanges.events e ON e.xid >= c.old_horizon AND e.table_oid = ANY (c.table_oids)
+    WHERE NOT EXISTS (SELECT 1 FROM pgchanges.acked a WHERE a.consumer = c.name AND a.event_id = e.id)
+    ORDER BY e.id
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+),
+moved AS (
+    UPDATE pgchanges.consumers SET horizon = greatest(horizon, (SELECT horizon FROM snap)), seen_at = now()
+    WHERE name = %(consumer)s
+    RETURNING horizon
+)
+SELECT (SELECT count(*) FROM fresh), (SELECT horizon FROM moved)::text
+
+-- name: forget_acked
+DELETE FROM pgchanges.acked a USING pgchanges.consumers c
+WHERE a.consumer = %(consumer)s AND c.name = a.consumer AND a.xid < c.horizon
+
+-- name: claim
+WITH claimed AS (
+    SELECT q.event_id, q.row_key, q.attempts FROM pgchanges.queue q
+    WHERE q.consumer = %(consumer)s AND q.run_at <= now()
+      AND NOT EXISTS (
+          SELECT 1 FROM pgchanges.queue w
+          WHERE w.consumer = q.consumer AND w.row_key = q.row_key AND w.event_id < q.event_id AND w.run_at > now())
+    ORDER BY q.event_id
+    LIMIT %(limit)s
+    FOR UPDATE OF q SKIP LOCKED
+)
+SELECT c.event_id, c.row_key, c.attempts,
+       EXISTS (SELECT 1 FROM pgchanges.queue p
+               WHERE p.consumer = %(consumer)s AND p.row_key = c.row_key AND p.event_id < c.event_id
+                 AND p.event_id NOT IN (SELECT event_id FROM claimed)) AS blocked,
+       e.xid::text::bigint, e.table_oid, e.schema_name, e.table_name, e.op, e.new_row::text, e.old_row::text,
+       e.created_at
+FROM claimed c JOIN pgchanges.events e ON e.id = c.event_id
+ORDER BY c.event_id
+
+-- name: ack
+WITH gone AS (
+    DELETE FROM pgchanges.queue WHERE consumer = %(consumer)s AND event_id = ANY (%(ids)s) RETURNING event_id, xid
+)
+INSERT INTO pgchanges.acked (consumer, event_id, xid)
+SELECT %(consumer)s, g.event_id, g.xid FROM gone g
+WHERE g.xid >= (SELECT horizon FROM pgchanges.consumers WHERE name = %(consumer)s)
+ON CONFLICT DO NOTHING
+
+-- name: retry_later
+UPDATE pgchanges.queue q
+SET attempts = q.attempts + 1, run_at = now() + make_interval(secs => f.delay), last_error = f.error
+FROM unnest(%(ids)s::bigint[], %(delays)s::float8[], %(errors)s::text[]) AS f(id, delay, error)
+WHERE q.consumer = %(consumer)s AND q.event_id = f.id
+
+-- name: bury
+WITH gone AS (
+    DELETE FROM pgchanges.queue q
+    USING unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f(id, error)
+    WHERE q.consumer = %(consumer)s AND q.event_id = f.id
+    RETURNING q.event_id, q.xid, q.attempts + 1 AS attempts, f.error
+),
+remembered AS (
+    INSERT INTO pgchanges.acked (consumer, event_id, xid)
+    SELECT %(consumer)s, g.event_id, g.xid FROM gone g
+    WHERE g.xid >= (SELECT horizon FROM pgchanges.consumers WHERE name = %(consumer)s)
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO pgchanges.dead_letters (consumer, event_id, attempts, error)
+SELECT %(consumer)s, event_id, attempts, error FROM gone
+ON CONFLICT (consumer, event_id) DO UPDATE
+SET attempts = excluded.attempts, error = excluded.error, failed_at = now()
+
+-- name: sleep
+INSERT INTO pgchanges.sleepers (consumer, worker) VALUES (%(consumer)s, %(worker)s) ON CONFLICT DO NOTHING
+
+-- name: wake
+DELETE FROM pgchanges.sleepers WHERE consumer = %(consumer)s AND worker = %(worker)s
+
+-- name: next_run_at
+SELECT extract(epoch FROM min(run_at) - now()) FROM pgchanges.queue WHERE consumer = %(consumer)s
+
+-- name: purge_events
+DELETE FROM pgchanges.events e
+WHERE e.id IN (
+    SELECT x.id FROM pgchanges.events x
+    WHERE x.created_at < now() - make_interval(secs => %(retention)s)
+      AND x.xid < coalesce((SELECT min(horizon) FROM pgchanges.consumers), pg_snapshot_xmin(pg_current_snapshot()))
+      AND NOT EXISTS (SELECT 1 FROM pgchanges.queue q WHERE q.event_id = x.id)
+      AND NOT EXISTS (SELECT 1 FROM pgchanges.dead_letters d WHERE d.event_id = x.id)
+    ORDER BY x.id
+    LIMIT %(limit)s)
+
+-- name: replay
+INSERT INTO pgchanges.queue (consumer, event_id, xid, row_key)
+SELECT c.name, e.id, e.xid, pgchanges.row_key_v1(e.table_oid, coalesce(e.new_row, e.old_row))
+FROM pgchanges.consumers c JOIN pgchanges.events e ON e.table_oid = ANY (c.table_oids)
+WHERE c.name = %(consumer)s
+  AND (%(since_id)s::bigint IS NULL OR e.id >= %(since_id)s)
+  AND (%(since_time)s::timestamptz IS NULL OR e.created_at >= %(since_time)s)
+ON CONFLICT (consumer, event_id) DO UPDATE SET attempts = 0, run_at = '-infinity', last_error = NULL
+
+-- name: dead_letters
+SELECT d.consumer, d.event_id, d.attempts, d.error, d.failed_at, e.schema_name, e.table_name, e.op
+FROM pgchanges.dead_letters d LEFT JOIN pgchanges.events e ON e.id = d.event_id
+WHERE %(consumer)s::text IS NULL OR d.consumer = %(consumer)s
+ORDER BY d.consumer, d.event_id
+
+-- name: retry_dead_letters
+WITH revived AS (
+    DELETE FROM pgchanges.dead_letters d
+    WHERE d.consumer = %(consumer)s AND (%(ids)s::bigint[] IS NULL OR d.event_id = ANY (%(ids)s))
+    RETURNING d.consumer, d.event_id
+),
+unremembered AS (
+    DELETE FROM pgchanges.acked a USING revived r WHERE a.consumer = r.consumer AND a.event_id = r.event_id
+)
+INSERT INTO pgchanges.queue (consumer, event_id, xid, row_key)
+SELECT r.consumer, e.id, e.xid, pgchanges.row_key_v1(e.table_oid, coalesce(e.new_row, e.old_row))
+FROM revived r JOIN pgchanges.events e ON e.id = r.event_id
+ON CONFLICT (consumer, event_id) DO UPDATE SET attempts = 0, run_at = '-infinity', last_error = NULL
+RETURNING event_id
+
+-- name: drop_dead_letters
+DELETE FROM pgchanges.dead_letters
+WHERE consumer = %(consumer)s AND (%(ids)s::bigint[] IS NULL OR event_id = ANY (%(ids)s))
+RETURNING event_id
+
+-- name: consumer_status
+SELECT c.name,
+       (SELECT count(*) FROM pgchanges.queue q WHERE q.consumer = c.name)
+         + (SELECT count(*) FROM pgchanges.events e
+            WHERE e.xid >= c.horizon AND e.table_oid = ANY (c.table_oids)
+              AND NOT EXISTS (SELECT 1 FROM pgchanges.queue q WHERE q.consumer = c.name AND q.event_id = e.id)
+              AND NOT EXISTS (SELECT 1 FROM pgchanges.acked a WHERE a.consumer = c.name AND a.event_id = e.id))
+         AS backlog,
+       extract(epoch FROM now() - least(
+           (SELECT min(e.created_at) FROM pgchanges.queue q JOIN pgchanges.events e ON e.id = q.event_id
+            WHERE q.consumer = c.name),
+           (SELECT min(e.created_at) FROM pgchanges.events e
+            WHERE e.xid >= c.horizon AND e.table_oid = ANY (c.table_oids)
+              AND NOT EXISTS (SELECT 1 FROM pgchanges.queue q WHERE q.consumer = c.name AND q.event_id = e.id)
+              AND NOT EXISTS (SELECT 1 FROM pgchanges.acked a WHERE a.consumer = c.name AND a.event_id = e.id))
+       )) AS oldest_pending_seconds,
+       (SELECT count(*) FROM pgchanges.queue q WHERE q.consumer = c.name)
+         - (SELECT count(*) FROM (SELECT 1 FROM pgchanges.queue q WHERE q.consumer = c.name
+                                   FOR KEY SHARE SKIP LOCKED) free) AS in_flight,
+       (SELECT count(*) FROM pgchanges.queue q WHERE q.consumer = c.name AND q.attempts > 0) AS retrying,
+       (SELECT count(*) FROM pgchanges.dead_letters d WHERE d.consumer = c.name) AS dead_letters,
+       (SELECT count(*) FROM pgchanges.sleepers s WHERE s.consumer = c.name) AS sleeping_workers,
+       c.seen_at
+FROM pgchanges.consumers c
+WHERE %(consumer)s::text IS NULL OR c.name = %(consumer)s
+ORDER BY c.name

@@ -1,0 +1,430 @@
+"""The outbox source: durable, at-least-once delivery from an event table, with competing workers.
+
+Row triggers write each change into ``pgchanges.events`` inside the writer's transaction. Each named consumer
+copies the events of its tables into its own queue (see ``capture/sql/0002_outbox.sql`` for why no event that
+commits late is ever skipped), then workers claim batches with ``FOR UPDATE SKIP LOCKED`` in a transaction
+that stays open while the handlers run:
+
+* an event is acknowledged (deleted from the queue) in that transaction, after its handlers returned; a
+  handler that takes a second argument gets the transaction, so its own writes and the acknowledgement commit
+  together (exactly once for database work);
+* a worker that dies, or loses its connection, leaves its transaction to be rolled back by the server: its
+  events become claimable again at once (duplicates are limited to what was in flight);
+* a failing handler's event is retried with exponential backoff and jitter; after ``max_attempts`` it moves to
+  ``pgchanges.dead_letters`` with the error text;
+* events of one row (same table and primary key) are handled in commit order, even across workers: an event
+  is not handled while an earlier event of its row is pending (in flight elsewhere, or waiting to be retried).
+
+Idle workers register in ``pgchanges.sleepers`` and LISTEN; writers NOTIFY only while someone sleeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import psycopg
+
+from pgchanges.capture import install as capture
+from pgchanges.capture.queries import query
+from pgchanges.change import Change, freeze
+from pgchanges.db.connect import close_async, connect_async
+from pgchanges.db.listener import ConnectionLost, Listener
+from pgchanges.errors import ConfigError, ConnectError, NotInstalled
+from pgchanges.names import TableName
+from pgchanges.rowtypes import RowType, fetch_row_types
+from pgchanges.sources.base import Backoff, Event
+from pgchanges.sources.rows import parse_json, row_change
+
+log = logging.getLogger(__name__)
+
+WAKE_CHANNEL = "pgchanges:outbox"
+MAINTENANCE_EVERY_SECONDS = 60.0
+PURGE_BATCH = 10_000
+MAINTENANCE_LOCK = 0x70676368_6D  # "pgchm"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how late a failed event is tried again before it becomes a dead letter."""
+
+    max_attempts: int = 5
+    initial: float = 1.0
+    maximum: float = 300.0
+
+    def delay(self, attempts: int) -> float:
+        """Seconds before attempt ``attempts + 1`` (exponential, with jitter of ±25 %)."""
+        base = min(self.maximum, self.initial * 2 ** max(0, attempts - 1))
+        return float(base * random.uniform(0.75, 1.25))  # noqa: S311 - jitter, not cryptography
+
+
+class Transaction:
+    """The transaction a handler runs in: its writes commit together with the event's acknowledgement.
+
+    Sync handlers (which run in a worker thread) may use ``tx.connection`` directly; async handlers use
+    ``await tx.execute(...)``. Each such handler runs inside its own savepoint: if it raises, its writes are
+    rolled back and the event is retried.
+    """
+
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self.connection = connection
+
+    async def execute(self, statement: Any, params: Any = None) -> list[tuple[Any, ...]]:
+        """Run ``statement`` in the transaction; returns its rows (empty for statements without any)."""
+
+        def run() -> list[tuple[Any, ...]]:
+            cursor = self.connection.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+
+        return await anyio.to_thread.run_sync(run)
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(self.connection.execute, "SAVEPOINT pgchanges_handler")
+        try:
+            yield
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.connection.execute, "ROLLBACK TO SAVEPOINT pgchanges_handler")
+            raise
+        await anyio.to_thread.run_sync(self.connection.execute, "RELEASE SAVEPOINT pgchanges_handler")
+
+
+DurableHandler = Callable[[Change, Transaction], Awaitable[None]]
+
+
+@dataclass
+class _Claimed:
+    event_id: int
+    row_key: str
+    attempts: int
+    blocked: bool
+    change: Change
+
+
+@dataclass
+class _Outcome:
+    acked: list[int] = field(default_factory=list)
+    retry: list[tuple[int, float, str]] = field(default_factory=list)
+    bury: list[tuple[int, str]] = field(default_factory=list)
+
+
+class OutboxSource:
+    """Durable changes of ``tables`` for the consumer ``consumer``."""
+
+    name = "outbox"
+    durable = True
+
+    def __init__(
+        self,
+        conninfo: str,
+        tables: Sequence[TableName],
+        channels: Sequence[str] = (),
+        *,
+        consumer: str = "default",
+        auto_install: bool = True,
+        batch_size: int = 200,
+        retry: RetryPolicy = RetryPolicy(),
+        handler_timeout: float = 60.0,
+        retention: float = 86_400.0,
+        poll_interval: float = 1.0,
+        backoff: Backoff = Backoff(),  # noqa: B008 - immutable
+    ) -> None:
+        if channels:
+            raise ConfigError("plain NOTIFY channels (on_notify) need source='notify'")
+        if not tables:
+            raise ConfigError("the outbox source needs at least one table")
+        self._conninfo = conninfo
+        self._tables = list(dict.fromkeys(tables))
+        self.consumer = consumer
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._auto_install = auto_install
+        self.batch_size = batch_size
+        self._retry = retry
+        self._handler_timeout = handler_timeout
+        self._retention = retention
+        self._poll_interval = poll_interval
+        self._backoff = backoff
+        self._conn: psycopg.Connection[Any] | None = None
+        self._listener = Listener(conninfo, [WAKE_CHANNEL])
+        self._row_types: dict[int, RowType] = {}
+        self._stopping = False
+        self._wait_scope: anyio.CancelScope | None = None
+        self._open_batch: list[_Claimed] | None = None
+        self._stream_acked: set[int] = set()
+        self._last_maintenance = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._conn = await connect_async(self._conninfo, autocommit=False)
+        await self._call(self._prepare)
+        await self._listener.open()
+
+    def _prepare(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            missing = capture.missing_captures(conn, self._tables, "outbox")
+        if missing and not self._auto_install:
+            names = " ".join(str(t) for t in missing)
+            raise NotInstalled(
+                f"outbox capture is not installed on {names}; run `pgchanges install {names} --source outbox`"
+            )
+        if missing:
+            conn.autocommit = True
+            try:
+                capture.install(conn, missing, "outbox")
+            finally:
+                conn.autocommit = False
+            log.info("installed outbox capture on %s", ", ".join(str(t) for t in missing))
+        with conn.transaction():
+            oids = [capture.table_oid(conn, table) for table in self._tables]
+            conn.execute(query("register_consumer"), {"consumer": self.consumer, "table_oids": oids})
+
+    async def close(self) -> None:
+        if self._open_batch is not None and self._conn is not None and not self._conn.broken:
+            with anyio.CancelScope(shield=True):
+                await self._finish_stream_batch()
+        await self._listener.close()
+        conn, self._conn = self._conn, None
+        await close_async(conn)
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then return from :meth:`serve`."""
+        self._stopping = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    async def _call(self, func: Callable[..., Any], *args: Any) -> Any:
+        conn = self._conn
+        if conn is None or conn.closed:
+            raise ConnectError("the outbox connection is closed")
+        return await anyio.to_thread.run_sync(func, conn, *args)
+
+    # -- App path: handlers run inside the claim transaction --------------------------------------------
+
+    async def serve(self, handle: DurableHandler) -> None:
+        """Claim, handle and acknowledge until :meth:`stop`; reconnects after connection failures."""
+        failures = 0
+        while not self._stopping:
+            try:
+                worked = await self._cycle(handle)
+                failures = 0
+                if not worked and not self._stopping:
+                    await self._sleep_until_work()
+            except (psycopg.OperationalError, ConnectError, ConnectionLost) as exc:
+                delay = self._backoff.delay(failures)
+                failures += 1
+                log.warning("outbox worker lost its connection (%s); reconnecting in %.2fs", exc, delay)
+                await anyio.sleep(delay)
+                await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        await close_async(self._conn)
+        self._conn = None
+        await self._listener.close()
+        self._conn = await connect_async(self._conninfo, autocommit=False)
+        await self._listener.open()
+
+    async def _cycle(self, handle: DurableHandler) -> bool:
+        await self._maybe_maintain()
+        claimed = await self._claim()
+        if not claimed:
+            return False
+        outcome = _Outcome()
+        tx = Transaction(self._conn)  # type: ignore[arg-type]
+        failed_rows: set[str] = set()
+        for item in claimed:
+            if item.blocked or item.row_key in failed_rows:
+                continue
+            try:
+                with anyio.fail_after(self._handler_timeout):
+                    await handle(item.change, tx)
+            except Exception as exc:
+                failed_rows.add(item.row_key)
+                self._record_failure(item, exc, outcome)
+            else:
+                outcome.acked.append(item.event_id)
+        await self._call(self._finish, outcome)
+        return True
+
+    def _record_failure(self, item: _Claimed, exc: BaseException, outcome: _Outcome) -> None:
+        error = (
+            f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, TimeoutError)
+            else (f"TimeoutError: handler did not finish within {self._handler_timeout}s")
+        )
+        attempt = item.attempts + 1
+        if attempt >= self._retry.max_attempts:
+            log.error("change %s failed %d times; moved to dead letters: %s", item.change.id, attempt, error)
+            outcome.bury.append((item.event_id, error))
+        else:
+            delay = self._retry.delay(attempt)
+            log.warning("change %s failed (attempt %d, retry in %.1fs): %s", item.change.id, attempt, delay, error)
+            outcome.retry.append((item.event_id, delay, error))
+
+    def _finish(self, conn: psycopg.Connection[Any], outcome: _Outcome) -> None:
+        try:
+            if outcome.acked:
+                conn.execute(query("ack"), {"consumer": self.consumer, "ids": outcome.acked})
+            if outcome.retry:
+                ids, delays, errors = (list(x) for x in zip(*outcome.retry, strict=True))
+                conn.execute(
+                    query("retry_later"), {"consumer": self.consumer, "ids": ids, "delays": delays, "errors": errors}
+                )
+            if outcome.bury:
+                ids, errors = (list(x) for x in zip(*outcome.bury, strict=True))
+                conn.execute(query("bury"), {"consumer": self.consumer, "ids": ids, "errors": errors})
+            conn.commit()
+        except BaseException:
+            if not conn.broken:
+                conn.rollback()
+            raise
+
+    # -- claiming ------------------------------------------------------------------------------------------
+
+    async def _claim(self) -> list[_Claimed]:
+        return await self._call(self._claim_sync)  # type: ignore[no-any-return]
+
+    def _claim_sync(self, conn: psycopg.Connection[Any]) -> list[_Claimed]:
+        self._materialize(conn)
+        rows = conn.execute(query("claim"), {"consumer": self.consumer, "limit": self.batch_size}).fetchall()
+        if not rows:
+            conn.commit()
+            return []
+        stale = {int(r[5]) for r in rows if int(r[5]) not in self._row_types}
+        if stale:
+            self._row_types.update(fetch_row_types(conn, stale))
+        return [self._to_claimed(row) for row in rows]
+
+    def _materialize(self, conn: psycopg.Connection[Any]) -> None:
+        """Copy new events into this consumer's queue (one worker at a time; others skip it)."""
+        locked = conn.execute(
+            "SELECT pg_try_advisory_xact_lock(hashtext('pgchanges.materialize'), hashtext(%s))", (self.consumer,)
+        ).fetchone()
+        if locked and locked[0]:
+            conn.execute(query("materialize"), {"consumer": self.consumer})
+        conn.commit()
+
+    def _to_claimed(self, row: tuple[Any, ...]) -> _Claimed:
+        event_id, row_key, attempts, blocked, xid, table_oid, schema, table, op, new, old, _created = row
+        row_type = self._row_types.get(int(table_oid))
+        new_row = parse_json(new) if new is not None else None
+        old_row = parse_json(old) if old is not None else None
+        if row_type is not None and not all(r is None or row_type.matches(r) for r in (new_row, old_row)):
+            row_type = None  # the table changed shape since; values stay as JSON gave them
+            self._row_types.pop(int(table_oid), None)
+        change = row_change(
+            change_id=f"outbox:{event_id}",
+            op=op,
+            schema=schema,
+            table=table,
+            new=new_row,
+            old=old_row,
+            xid=xid,
+            position=int(event_id),
+            source=self.name,
+            row_type=row_type,
+            extra=freeze({"attempt": attempts + 1, "consumer": self.consumer}),
+        )
+        return _Claimed(int(event_id), row_key, int(attempts), bool(blocked), change)
+
+    # -- waiting -------------------------------------------------------------------------------------------
+
+    async def _sleep_until_work(self) -> None:
+        """Announce this worker as sleeping, look once more, then wait for a wake-up or the poll interval."""
+        params = {"consumer": self.consumer, "worker": self.worker}
+
+        def announce(conn: psycopg.Connection[Any]) -> float | None:
+            conn.execute(query("sleep"), params)
+            conn.commit()
+            self._materialize(conn)
+            row = conn.execute(query("next_run_at"), {"consumer": self.consumer}).fetchone()
+            conn.commit()
+            return None if row is None or row[0] is None else float(row[0])
+
+        next_run = await self._call(announce)
+        try:
+            if next_run is not None and next_run <= 0:
+                return
+            timeout = self._poll_interval if next_run is None else min(self._poll_interval, next_run)
+            with anyio.CancelScope() as self._wait_scope, anyio.move_on_after(timeout):
+                await self._listener.receive()
+        finally:
+            self._wait_scope = None
+            with anyio.CancelScope(shield=True):
+                await self._call(self._unannounce, params)
+
+    @staticmethod
+    def _unannounce(conn: psycopg.Connection[Any], params: dict[str, str]) -> None:
+        if conn.broken:
+            return
+        conn.execute(query("wake"), params)
+        conn.commit()
+
+    async def _maybe_maintain(self) -> None:
+        now = anyio.current_time()
+        if now - self._last_maintenance < MAINTENANCE_EVERY_SECONDS:
+            return
+        self._last_maintenance = now
+        await self._call(self._maintain)
+
+    def _maintain(self, conn: psycopg.Connection[Any]) -> None:
+        """Forget acknowledgements the horizon has passed; remove events every consumer finished."""
+        conn.execute(query("forget_acked"), {"consumer": self.consumer})
+        locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (MAINTENANCE_LOCK,)).fetchone()
+        if locked and locked[0]:
+            conn.execute(query("purge_events"), {"retention": self._retention, "limit": PURGE_BATCH})
+        conn.commit()
+
+    # -- stream path: the caller acknowledges ----------------------------------------------------------
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        """Claimed batches; acknowledgements commit when every change of the batch is acked, or at close.
+
+        Changes of the batch that were not acknowledged are released and delivered again.
+        """
+        while True:
+            if self._open_batch is not None:
+                await self._finish_stream_batch()
+            try:
+                claimed = await self._claim()
+            except (psycopg.OperationalError, ConnectionLost) as exc:
+                log.warning("outbox stream lost its connection (%s); reconnecting", exc)
+                await self._reconnect()
+                continue
+            usable = [c for c in claimed if not c.blocked]
+            if not claimed:
+                await self._sleep_until_work()
+                continue
+            if not usable:
+                await self._call(lambda conn: conn.rollback())
+                await anyio.sleep(0.05)  # every claimable event waits behind one in flight elsewhere
+                continue
+            self._open_batch = usable
+            self._stream_acked = set()
+            yield list[Event](c.change for c in usable)
+
+    async def ack(self, changes: Sequence[Change]) -> None:
+        if self._open_batch is None:
+            raise ConfigError("ack() of a change that is not in the current batch (was it acked already?)")
+        in_batch = {c.event_id for c in self._open_batch}
+        for change in changes:
+            if change.position not in in_batch:
+                raise ConfigError(f"change {change.id} is not in the current batch")
+            self._stream_acked.add(int(change.position))
+        if len(self._stream_acked) == len(in_batch):
+            await self._finish_stream_batch()
+
+    async def _finish_stream_batch(self) -> None:
+        acked = [c.event_id for c in self._open_batch or [] if c.event_id in self._stream_acked]
+        self._open_batch = None
+        self._stream_acked = set()
+        await self._call(self._finish, _Outcome(acked=acked))
