@@ -215,6 +215,8 @@ class OutboxSource:
         failures = 0
         while not self._stopping:
             try:
+                if failures:
+                    await self._reconnect()
                 worked = await self._cycle(handle)
                 failures = 0
                 if not worked and not self._stopping:
@@ -224,7 +226,18 @@ class OutboxSource:
                 failures += 1
                 log.warning("outbox worker lost its connection (%s); reconnecting in %.2fs", exc, delay)
                 await anyio.sleep(delay)
+
+    async def _reconnect_with_backoff(self) -> None:
+        attempt = 0
+        while True:
+            try:
                 await self._reconnect()
+                return
+            except (psycopg.OperationalError, ConnectError) as exc:
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                log.warning("reconnect failed (%s); retrying in %.2fs", exc, delay)
+                await anyio.sleep(delay)
 
     async def _reconnect(self) -> None:
         await close_async(self._conn)
@@ -396,9 +409,9 @@ class OutboxSource:
                 await self._finish_stream_batch()
             try:
                 claimed = await self._claim()
-            except (psycopg.OperationalError, ConnectionLost) as exc:
+            except (psycopg.OperationalError, ConnectError, ConnectionLost) as exc:
                 log.warning("outbox stream lost its connection (%s); reconnecting", exc)
-                await self._reconnect()
+                await self._reconnect_with_backoff()
                 continue
             usable = [c for c in claimed if not c.blocked]
             if not claimed:

@@ -35,9 +35,13 @@ WHERE a.consumer = %(consumer)s AND c.name = a.consumer AND a.xid < c.horizon
 WITH claimed AS (
     SELECT q.event_id, q.row_key, q.attempts FROM pgchanges.queue q
     WHERE q.consumer = %(consumer)s AND q.run_at <= now()
-      AND NOT EXISTS (
-          SELECT 1 FROM pgchanges.queue w
-          WHERE w.consumer = q.consumer AND w.row_key = q.row_key AND w.event_id < q.event_id AND w.run_at > now())
+      -- a scalar subquery, not NOT EXISTS: it stays a per-row index probe on (consumer, row_key, event_id)
+      -- whatever the statistics say; as an anti-join on a freshly filled queue the planner chose a scan of
+      -- the whole queue per candidate (quadratic: 180 events/s at a backlog of 20,000)
+      AND (SELECT 1 FROM pgchanges.queue w
+           WHERE w.consumer = q.consumer AND w.row_key = q.row_key AND w.event_id < q.event_id
+             AND w.run_at > now()
+           LIMIT 1) IS NULL
     ORDER BY q.event_id
     LIMIT %(limit)s
     FOR UPDATE OF q SKIP LOCKED
@@ -91,7 +95,7 @@ INSERT INTO pgchanges.sleepers (consumer, worker) VALUES (%(consumer)s, %(worker
 DELETE FROM pgchanges.sleepers WHERE consumer = %(consumer)s AND worker = %(worker)s
 
 -- name: next_run_at
-SELECT extract(epoch FROM min(run_at) - now()) FROM pgchanges.queue WHERE consumer = %(consumer)s
+SELECT extract(epoch FROM greatest(min(run_at), now()) - now()) FROM pgchanges.queue WHERE consumer = %(consumer)s
 
 -- name: purge_events
 DELETE FROM pgchanges.events e

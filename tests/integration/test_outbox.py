@@ -1,0 +1,241 @@
+"""The outbox source: nothing lost, retries, dead letters, ordering, exactly-once database work, replay."""
+
+import threading
+
+import anyio
+import psycopg
+import pytest
+
+import pgchanges
+from pgchanges.capture.queries import query
+from tests.conftest import take, wait_until
+
+pytestmark = pytest.mark.anyio
+
+FAST_RETRY = pgchanges.RetryPolicy(max_attempts=3, initial=0.01, maximum=0.05)
+
+
+async def serve_while(app, body):
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.serve)
+        await body()
+        app.stop()
+
+
+async def test_event_committed_late_is_not_skipped(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    async with pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="late") as changes:
+        with psycopg.connect(dsn) as slow:
+            slow.execute("INSERT INTO t VALUES (1)")  # smaller event id, commits last
+            db.execute("INSERT INTO t VALUES (2)")
+            [first] = await take(changes, 1)
+            await changes.ack(first)
+            slow.commit()
+        [second] = await take(changes, 1)
+        await changes.ack(second)
+    assert (first.new["id"], second.new["id"]) == (2, 1)
+    assert second.position < first.position
+
+
+async def test_unacknowledged_changes_are_delivered_again(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    db.execute("INSERT INTO t VALUES (0)")  # installs nothing yet: capture comes with the stream
+    async with pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="c") as changes:
+        db.execute("INSERT INTO t VALUES (1), (2)")
+        one, two = await take(changes, 2)
+        await changes.ack(one)
+    async with pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="c") as changes:
+        [again] = await take(changes, 1)
+        await changes.ack(again)
+    assert again.id == two.id and again.extra["attempt"] == 1
+
+
+async def test_each_consumer_gets_every_change(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    async with (
+        pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="a") as a,
+        pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="b") as b,
+    ):
+        db.execute("INSERT INTO t VALUES (1)")
+        [from_a] = await take(a, 1)
+        [from_b] = await take(b, 1)
+        await a.ack(from_a)
+        await b.ack(from_b)
+    assert from_a.id == from_b.id
+
+
+async def test_failing_handler_is_retried_then_dead_lettered_with_its_error(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    app = pgchanges.App(dsn, source="outbox", consumer="c", retry=FAST_RETRY)
+    attempts, ok = [], []
+
+    @app.on("t")
+    async def handler(change):
+        if change.new["id"] == 1:
+            attempts.append(change.extra["attempt"])
+            raise ValueError("poison row")
+        ok.append(change.new["id"])
+
+    async def body():
+        db.execute("INSERT INTO t VALUES (1)")
+        db.execute("INSERT INTO t VALUES (2)")  # another row is not held up by the poison event
+        await wait_until(lambda: ok == [2], "the healthy change")
+        await wait_until(lambda: len(attempts) == 3, "three attempts")
+        await wait_until(
+            lambda: db.execute("SELECT count(*) FROM pgchanges.dead_letters").fetchone()[0] == 1, "a dead letter"
+        )
+
+    await serve_while(app, body)
+    assert attempts == [1, 2, 3]
+    row = db.execute("SELECT attempts, error FROM pgchanges.dead_letters").fetchone()
+    assert row == (3, "ValueError: poison row")
+    assert db.execute("SELECT count(*) FROM pgchanges.queue").fetchone()[0] == 0
+
+
+async def test_later_changes_of_a_row_wait_for_its_failing_change(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+    app = pgchanges.App(dsn, source="outbox", consumer="c", retry=FAST_RETRY)
+    seen = []
+
+    @app.on("t")
+    async def handler(change):
+        if change.op == "insert" and change.extra["attempt"] < 3:
+            raise RuntimeError("not yet")
+        seen.append((change.op, change.extra["attempt"]))
+
+    async def body():
+        db.execute("INSERT INTO t VALUES (1, 0)")
+        db.execute("UPDATE t SET v = 1")
+        db.execute("UPDATE t SET v = 2")
+        await wait_until(lambda: len(seen) == 3, "all three changes")
+
+    await serve_while(app, body)
+    assert seen == [("insert", 3), ("update", 1), ("update", 1)]
+
+
+async def test_transaction_handler_writes_commit_with_the_ack_exactly_once(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    db.execute("CREATE TABLE ledger (event_id bigint, note text)")
+    app = pgchanges.App(dsn, source="outbox", consumer="c", retry=FAST_RETRY)
+    calls = []
+
+    @app.on("t")
+    async def book(change, tx):
+        await tx.execute("INSERT INTO ledger VALUES (%s, 'booked')", (change.position,))
+        calls.append(change.extra["attempt"])
+        if change.extra["attempt"] == 1:
+            raise RuntimeError("crash after writing")
+
+    @app.on("t")
+    def book_sync(change, tx):  # sync handlers get the connection of the same transaction
+        tx.connection.execute("INSERT INTO ledger VALUES (%s, 'sync')", (change.position,))
+
+    async def body():
+        db.execute("INSERT INTO t VALUES (1)")
+        await wait_until(lambda: calls == [1, 2], "a failed and a successful attempt")
+        await wait_until(
+            lambda: db.execute("SELECT count(*) FROM pgchanges.queue").fetchone()[0] == 0, "the acknowledgement"
+        )
+
+    await serve_while(app, body)
+    assert db.execute("SELECT note FROM ledger ORDER BY note").fetchall() == [("booked",), ("sync",)]
+
+
+async def test_hanging_handler_times_out_and_is_retried(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    app = pgchanges.App(dsn, source="outbox", consumer="c", retry=FAST_RETRY, handler_timeout=0.2)
+    done = []
+
+    @app.on("t")
+    async def handler(change):
+        if change.extra["attempt"] == 1:
+            await anyio.sleep_forever()
+        done.append(change.extra["attempt"])
+
+    async def body():
+        db.execute("INSERT INTO t VALUES (1)")
+        await wait_until(lambda: done == [2], "the retry after the timeout")
+
+    await serve_while(app, body)
+    error = db.execute("SELECT count(*) FROM pgchanges.dead_letters").fetchone()[0]
+    assert error == 0
+
+
+async def test_worker_reconnects_after_its_connection_is_terminated(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    app = pgchanges.App(dsn, source="outbox", consumer="c", application_name="outbox-victim")
+    seen = []
+    app.on("t")(lambda c: seen.append(c.new["id"]))
+
+    async def body():
+        db.execute("INSERT INTO t VALUES (1)")
+        await wait_until(lambda: seen == [1], "the first change")
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'outbox-victim'")
+        db.execute("INSERT INTO t VALUES (2)")
+        await wait_until(lambda: 2 in seen, "a change after the connection was killed", timeout=20)
+
+    await serve_while(app, body)
+    assert sorted(set(seen)) == [1, 2]
+
+
+async def test_replay_and_retention(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    async with pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="c") as changes:
+        db.execute("INSERT INTO t SELECT generate_series(1, 5)")
+        got = await take(changes, 5)
+        await changes.ack(*got)
+        db.execute(query("replay"), {"consumer": "c", "since_id": got[2].position, "since_time": None})
+        again = await take(changes, 3)
+        await changes.ack(*again)
+    assert [c.new["id"] for c in again] == [3, 4, 5]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(query("materialize"), {"consumer": "c"})  # moves the horizon past everything
+        conn.execute(query("purge_events"), {"retention": 0, "limit": 1000})
+        left = conn.execute("SELECT count(*) FROM pgchanges.events").fetchone()[0]
+    assert left == 0
+
+
+async def test_status_counts(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    async with pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="c") as changes:
+        db.execute("INSERT INTO t SELECT generate_series(1, 3)")
+        [first, *_rest] = await take(changes, 3)
+        row = db.execute(query("consumer_status"), {"consumer": "c"}).fetchone()
+        await changes.ack(first)
+    name, backlog, oldest, in_flight, retrying, dead, _sleeping, _seen = row
+    assert (name, backlog, in_flight, retrying, dead) == ("c", 3, 3, 0, 0)
+    assert oldest >= 0
+
+
+def test_many_writers_and_a_long_transaction_lose_nothing(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, w int)")
+
+    def writer(w):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for i in range(200):
+                conn.execute("INSERT INTO t VALUES (%s, %s)", (w * 1000 + i, w))
+
+    async def main():
+        got = set()
+        async with pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="c", batch_size=50) as changes:
+            with psycopg.connect(dsn) as long_tx:
+                long_tx.execute("INSERT INTO t VALUES (999999, -1)")
+                threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+                for thread in threads:
+                    thread.start()
+                async for change in changes:
+                    got.add(change.new["id"])
+                    await changes.ack(change)
+                    if len(got) == 800:
+                        break
+                for thread in threads:
+                    thread.join()
+                long_tx.commit()
+            async for change in changes:
+                got.add(change.new["id"])
+                await changes.ack(change)
+                break
+        return got
+
+    got = anyio.run(main)
+    assert got == {w * 1000 + i for w in range(4) for i in range(200)} | {999999}
