@@ -21,6 +21,7 @@ import psycopg
 from pgchanges import conninfo as ci
 from pgchanges.app import App
 from pgchanges.capture import install as capture
+from pgchanges.capture import outbox_admin
 from pgchanges.db.connect import connect
 from pgchanges.display import format_change
 from pgchanges.errors import ConfigError, PgChangesError
@@ -65,7 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", help="comma-separated ops to show (default: all)")
     p.add_argument("--count", type=int, help="exit after this many changes")
     p.add_argument("--no-install", action="store_true", help="fail instead of installing missing capture")
+    p.add_argument("--consumer", default="pgchanges-tail", help="outbox consumer name (resumes where it stopped)")
     p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("dead-letters", help="list, retry or drop outbox events that failed too often")
+    _common(p)
+    p.add_argument("action", choices=("list", "retry", "drop"))
+    p.add_argument("ids", nargs="*", type=int, metavar="EVENT_ID", help="only these events (default: all)")
+    p.add_argument("--consumer", help="consumer name (required for retry and drop)")
+    p.set_defaults(func=cmd_dead_letters)
+
+    p = sub.add_parser("replay", help="deliver outbox events again to a consumer")
+    _common(p)
+    p.add_argument("--consumer", required=True)
+    p.add_argument("--since", required=True, help="an event id, or an ISO 8601 time")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("run", help="run an App: pgchanges run package.module:app")
     _common(p)
@@ -111,10 +126,42 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     with connect(_conninfo(args)) as conn:
         found = capture.captures(conn)
+        consumers = outbox_admin.consumer_status(conn) if found else []
     if not found:
         print("nothing is captured")
     for item in found:
         print(f"{item.source:<8} {item.table}")
+    if consumers:
+        print()
+        print(outbox_admin.format_status(consumers))
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    ids = args.ids or None
+    with connect(_conninfo(args)) as conn:
+        if args.action == "list":
+            rows = outbox_admin.dead_letters(conn, args.consumer)
+            if not rows:
+                print("no dead letters")
+            for row in rows:
+                print(row)
+            return 0
+        if not args.consumer:
+            raise ConfigError(f"dead-letters {args.action} needs --consumer")
+        if args.action == "retry":
+            done = outbox_admin.retry_dead_letters(conn, args.consumer, ids)
+            print(f"{len(done)} dead letter(s) of {args.consumer} queued again")
+        else:
+            done = outbox_admin.drop_dead_letters(conn, args.consumer, ids)
+            print(f"{len(done)} dead letter(s) of {args.consumer} dropped")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    with connect(_conninfo(args)) as conn:
+        count = outbox_admin.replay(conn, args.consumer, args.since)
+    print(f"{count} event(s) queued again for {args.consumer}")
     return 0
 
 
@@ -130,6 +177,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         ops=ops,
         count=args.count,
         auto_install=not args.no_install,
+        options={"consumer": args.consumer, "batch_size": 1} if args.source == "outbox" else {},
     )
     anyio.run(tail)
     return 0
@@ -144,10 +192,11 @@ async def _tail(
     ops: list[str] | None,
     count: int | None,
     auto_install: bool,
+    options: dict[str, Any],
     on_ready: Callable[[], Any] | None = None,
 ) -> None:
     seen = 0
-    async with stream(conninfo, tables=tables, source=source, ops=ops, auto_install=auto_install) as changes:
+    async with stream(conninfo, tables=tables, source=source, ops=ops, auto_install=auto_install, **options) as changes:
         if on_ready:
             on_ready()
         print(f"-- tailing {', '.join(tables)} ({source}); Ctrl-C to stop", file=sys.stderr, flush=True)

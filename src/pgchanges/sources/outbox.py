@@ -20,6 +20,7 @@ Idle workers register in ``pgchanges.sleepers`` and LISTEN; writers NOTIFY only 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -203,10 +204,16 @@ class OutboxSource:
             self._wait_scope.cancel()
 
     async def _call(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run ``func(conn, *args)`` in a worker thread; if cancelled, cancel the query on the server too."""
         conn = self._conn
         if conn is None or conn.closed:
             raise ConnectError("the outbox connection is closed")
-        return await anyio.to_thread.run_sync(func, conn, *args)
+        try:
+            return await anyio.to_thread.run_sync(func, conn, *args, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            with contextlib.suppress(psycopg.Error):
+                conn.cancel_safe(timeout=2.0)
+            raise
 
     # -- App path: handlers run inside the claim transaction --------------------------------------------
 
