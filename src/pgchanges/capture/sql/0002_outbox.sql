@@ -7,8 +7,9 @@
 -- Each consumer has its own queue. A consumer's horizon is an xid below which every event has been copied
 -- into its queue: it advances to pg_snapshot_xmin() of the copying statement's snapshot, so an event whose
 -- transaction commits late (its id is smaller than ids already delivered) is never skipped. Visible events
--- above the horizon are copied too (low latency while long transactions run elsewhere); those acknowledged
--- before the horizon passes them are remembered in pgchanges.acked so they are not copied again.
+-- above the horizon are copied too (low latency while long transactions run elsewhere); those finished
+-- before the horizon passes them stay in the queue as tombstones (done = true), in the same transaction that
+-- finishes them, so a concurrent copy conflicts with the tombstone instead of copying them again.
 
 ALTER TABLE pgchanges.captures ADD COLUMN IF NOT EXISTS key_columns text[];
 
@@ -42,16 +43,10 @@ CREATE TABLE pgchanges.queue (
     attempts    integer NOT NULL DEFAULT 0,
     run_at      timestamptz NOT NULL DEFAULT '-infinity',
     last_error  text,
+    done        boolean NOT NULL DEFAULT false,
     PRIMARY KEY (consumer, event_id)
 );
 CREATE INDEX queue_row_order ON pgchanges.queue (consumer, row_key, event_id);
-
-CREATE TABLE pgchanges.acked (
-    consumer  text NOT NULL,
-    event_id  bigint NOT NULL,
-    xid       xid8 NOT NULL,
-    PRIMARY KEY (consumer, event_id)
-);
 
 CREATE TABLE pgchanges.dead_letters (
     consumer   text NOT NULL,

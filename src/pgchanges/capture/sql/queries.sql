@@ -13,78 +13,80 @@ consumer AS (
 ),
 fresh AS (
     INSERT INTO pgchanges.queue (consumer, event_id, xid, row_key)
-    SELECT c.name, e.id, e.xid, pgchanges.row_key_v1(e.table_oid, coalesce(e.new_row, e.old_row))
-    FROM consumer c JOIN pgchanges.events e ON e.xid >= c.old_horizon AND e.table_oid = ANY (c.table_oids)
-    WHERE NOT EXISTS (SELECT 1 FROM pgchanges.acked a WHERE a.consumer = c.name AND a.event_id = e.id)
+    SELECT c.name, e.id, e.xid,
+           CASE WHEN cardinality(k.key_columns) = 1
+                THEN e.table_oid::text || ':' || coalesce(coalesce(e.new_row, e.old_row) ->> k.key_columns[1], '')
+                ELSE pgchanges.row_key_v1(e.table_oid, coalesce(e.new_row, e.old_row)) END
+    FROM consumer c
+    JOIN pgchanges.events e ON e.xid >= c.old_horizon AND e.table_oid = ANY (c.table_oids)
+    LEFT JOIN pgchanges.captures k ON k.table_oid = e.table_oid AND k.source = 'outbox'
     ORDER BY e.id
     ON CONFLICT DO NOTHING
     RETURNING 1
 ),
 moved AS (
-    UPDATE pgchanges.consumers SET horizon = greatest(horizon, (SELECT horizon FROM snap)), seen_at = now()
-    WHERE name = %(consumer)s
+    UPDATE pgchanges.consumers SET horizon = (SELECT horizon FROM snap), seen_at = now()
+    WHERE name = %(consumer)s AND horizon < (SELECT horizon FROM snap)
     RETURNING horizon
 )
-SELECT (SELECT count(*) FROM fresh), (SELECT horizon FROM moved)::text
+SELECT (SELECT count(*) FROM fresh),
+       coalesce((SELECT horizon FROM moved), (SELECT old_horizon FROM consumer))::text::bigint
 
--- name: forget_acked
-DELETE FROM pgchanges.acked a USING pgchanges.consumers c
-WHERE a.consumer = %(consumer)s AND c.name = a.consumer AND a.xid < c.horizon
+-- name: forget_done
+DELETE FROM pgchanges.queue q USING pgchanges.consumers c
+WHERE q.consumer = %(consumer)s AND c.name = q.consumer AND q.done AND q.xid < c.horizon
 
 -- name: claim
-WITH claimed AS (
-    SELECT q.event_id, q.row_key, q.attempts FROM pgchanges.queue q
+-- Claiming deletes: the transaction stays open while handlers run, so to other workers the rows are still
+-- pending (an uncommitted delete) and locked (SKIP LOCKED passes them); a crash rolls the delete back.
+-- Events that fail, or that wait behind an earlier event of their row, are put back before commit.
+WITH picked AS (
+    SELECT q.ctid FROM pgchanges.queue q
     WHERE q.consumer = %(consumer)s AND q.run_at <= now()
       -- a scalar subquery, not NOT EXISTS: it stays a per-row index probe on (consumer, row_key, event_id)
       -- whatever the statistics say; as an anti-join on a freshly filled queue the planner chose a scan of
       -- the whole queue per candidate (quadratic: 180 events/s at a backlog of 20,000)
       AND (SELECT 1 FROM pgchanges.queue w
            WHERE w.consumer = q.consumer AND w.row_key = q.row_key AND w.event_id < q.event_id
-             AND w.run_at > now()
+             AND w.run_at > now() AND NOT w.done
            LIMIT 1) IS NULL
     ORDER BY q.event_id
     LIMIT %(limit)s
     FOR UPDATE OF q SKIP LOCKED
+),
+claimed AS (
+    -- by ctid (a TID scan; the rows are locked, so they cannot move): joined on the key instead, the planner
+    -- hashed a sequential scan of the whole queue (19 ms of a 22 ms claim at a backlog of 10,000, measured)
+    DELETE FROM pgchanges.queue q WHERE q.ctid = ANY (ARRAY(SELECT ctid FROM picked))
+    RETURNING q.event_id, q.xid, q.row_key, q.attempts, q.last_error
 )
 SELECT c.event_id, c.row_key, c.attempts,
        EXISTS (SELECT 1 FROM pgchanges.queue p
                WHERE p.consumer = %(consumer)s AND p.row_key = c.row_key AND p.event_id < c.event_id
-                 AND p.event_id NOT IN (SELECT event_id FROM claimed)) AS blocked,
-       e.xid::text::bigint, e.table_oid, e.schema_name, e.table_name, e.op, e.new_row::text, e.old_row::text,
-       e.created_at
+                 AND NOT p.done AND p.event_id NOT IN (SELECT event_id FROM claimed)) AS blocked,
+       c.xid::text::bigint, e.table_oid, e.schema_name, e.table_name, e.op, e.new_row::text, e.old_row::text,
+       c.last_error
 FROM claimed c JOIN pgchanges.events e ON e.id = c.event_id
 ORDER BY c.event_id
 
--- name: ack
-WITH gone AS (
-    DELETE FROM pgchanges.queue WHERE consumer = %(consumer)s AND event_id = ANY (%(ids)s) RETURNING event_id, xid
-)
-INSERT INTO pgchanges.acked (consumer, event_id, xid)
-SELECT %(consumer)s, g.event_id, g.xid FROM gone g
-WHERE g.xid >= (SELECT horizon FROM pgchanges.consumers WHERE name = %(consumer)s)
-ON CONFLICT DO NOTHING
+-- name: tombstone
+-- Finished events the horizon has not passed yet stay as done rows, so they are not copied again.
+INSERT INTO pgchanges.queue (consumer, event_id, xid, row_key, run_at, done)
+SELECT %(consumer)s, f.id, f.xid::text::xid8, f.row_key, 'infinity', true
+FROM unnest(%(ids)s::bigint[], %(xids)s::bigint[], %(row_keys)s::text[]) AS f(id, xid, row_key)
+WHERE f.xid::text::xid8 >= (SELECT horizon FROM pgchanges.consumers WHERE name = %(consumer)s)
+ON CONFLICT (consumer, event_id) DO UPDATE SET done = true, run_at = 'infinity'
 
--- name: retry_later
-UPDATE pgchanges.queue q
-SET attempts = q.attempts + 1, run_at = now() + make_interval(secs => f.delay), last_error = f.error
-FROM unnest(%(ids)s::bigint[], %(delays)s::float8[], %(errors)s::text[]) AS f(id, delay, error)
-WHERE q.consumer = %(consumer)s AND q.event_id = f.id
+-- name: requeue
+INSERT INTO pgchanges.queue (consumer, event_id, xid, row_key, attempts, run_at, last_error)
+SELECT %(consumer)s, f.id, f.xid::text::xid8, f.row_key, f.attempts, now() + make_interval(secs => f.delay), f.error
+FROM unnest(%(ids)s::bigint[], %(xids)s::bigint[], %(row_keys)s::text[], %(attempts)s::int[],
+            %(delays)s::float8[], %(errors)s::text[]) AS f(id, xid, row_key, attempts, delay, error)
 
 -- name: bury
-WITH gone AS (
-    DELETE FROM pgchanges.queue q
-    USING unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f(id, error)
-    WHERE q.consumer = %(consumer)s AND q.event_id = f.id
-    RETURNING q.event_id, q.xid, q.attempts + 1 AS attempts, f.error
-),
-remembered AS (
-    INSERT INTO pgchanges.acked (consumer, event_id, xid)
-    SELECT %(consumer)s, g.event_id, g.xid FROM gone g
-    WHERE g.xid >= (SELECT horizon FROM pgchanges.consumers WHERE name = %(consumer)s)
-    ON CONFLICT DO NOTHING
-)
 INSERT INTO pgchanges.dead_letters (consumer, event_id, attempts, error)
-SELECT %(consumer)s, event_id, attempts, error FROM gone
+SELECT %(consumer)s, f.id, f.attempts, f.error
+FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(errors)s::text[]) AS f(id, attempts, error)
 ON CONFLICT (consumer, event_id) DO UPDATE
 SET attempts = excluded.attempts, error = excluded.error, failed_at = now()
 
@@ -95,7 +97,8 @@ INSERT INTO pgchanges.sleepers (consumer, worker) VALUES (%(consumer)s, %(worker
 DELETE FROM pgchanges.sleepers WHERE consumer = %(consumer)s AND worker = %(worker)s
 
 -- name: next_run_at
-SELECT extract(epoch FROM greatest(min(run_at), now()) - now()) FROM pgchanges.queue WHERE consumer = %(consumer)s
+SELECT extract(epoch FROM greatest(min(run_at), now()) - now()) FROM pgchanges.queue
+WHERE consumer = %(consumer)s AND NOT done
 
 -- name: purge_events
 DELETE FROM pgchanges.events e
@@ -103,7 +106,7 @@ WHERE e.id IN (
     SELECT x.id FROM pgchanges.events x
     WHERE x.created_at < now() - make_interval(secs => %(retention)s)
       AND x.xid < coalesce((SELECT min(horizon) FROM pgchanges.consumers), pg_snapshot_xmin(pg_current_snapshot()))
-      AND NOT EXISTS (SELECT 1 FROM pgchanges.queue q WHERE q.event_id = x.id)
+      AND NOT EXISTS (SELECT 1 FROM pgchanges.queue q WHERE q.event_id = x.id AND NOT q.done)
       AND NOT EXISTS (SELECT 1 FROM pgchanges.dead_letters d WHERE d.event_id = x.id)
     ORDER BY x.id
     LIMIT %(limit)s)
@@ -115,7 +118,7 @@ FROM pgchanges.consumers c JOIN pgchanges.events e ON e.table_oid = ANY (c.table
 WHERE c.name = %(consumer)s
   AND (%(since_id)s::bigint IS NULL OR e.id >= %(since_id)s)
   AND (%(since_time)s::timestamptz IS NULL OR e.created_at >= %(since_time)s)
-ON CONFLICT (consumer, event_id) DO UPDATE SET attempts = 0, run_at = '-infinity', last_error = NULL
+ON CONFLICT (consumer, event_id) DO UPDATE SET attempts = 0, run_at = '-infinity', last_error = NULL, done = false
 
 -- name: dead_letters
 SELECT d.consumer, d.event_id, d.attempts, d.error, d.failed_at, e.schema_name, e.table_name, e.op
@@ -128,14 +131,11 @@ WITH revived AS (
     DELETE FROM pgchanges.dead_letters d
     WHERE d.consumer = %(consumer)s AND (%(ids)s::bigint[] IS NULL OR d.event_id = ANY (%(ids)s))
     RETURNING d.consumer, d.event_id
-),
-unremembered AS (
-    DELETE FROM pgchanges.acked a USING revived r WHERE a.consumer = r.consumer AND a.event_id = r.event_id
 )
 INSERT INTO pgchanges.queue (consumer, event_id, xid, row_key)
 SELECT r.consumer, e.id, e.xid, pgchanges.row_key_v1(e.table_oid, coalesce(e.new_row, e.old_row))
 FROM revived r JOIN pgchanges.events e ON e.id = r.event_id
-ON CONFLICT (consumer, event_id) DO UPDATE SET attempts = 0, run_at = '-infinity', last_error = NULL
+ON CONFLICT (consumer, event_id) DO UPDATE SET attempts = 0, run_at = '-infinity', last_error = NULL, done = false
 RETURNING event_id
 
 -- name: drop_dead_letters
@@ -145,24 +145,23 @@ RETURNING event_id
 
 -- name: consumer_status
 SELECT c.name,
-       (SELECT count(*) FROM pgchanges.queue q WHERE q.consumer = c.name)
+       (SELECT count(*) FROM pgchanges.queue q WHERE q.consumer = c.name AND NOT q.done)
          + (SELECT count(*) FROM pgchanges.events e
             WHERE e.xid >= c.horizon AND e.table_oid = ANY (c.table_oids)
-              AND NOT EXISTS (SELECT 1 FROM pgchanges.queue q WHERE q.consumer = c.name AND q.event_id = e.id)
-              AND NOT EXISTS (SELECT 1 FROM pgchanges.acked a WHERE a.consumer = c.name AND a.event_id = e.id))
+              AND NOT EXISTS (SELECT 1 FROM pgchanges.queue q WHERE q.consumer = c.name AND q.event_id = e.id))
          AS backlog,
        extract(epoch FROM now() - least(
            (SELECT min(e.created_at) FROM pgchanges.queue q JOIN pgchanges.events e ON e.id = q.event_id
-            WHERE q.consumer = c.name),
+            WHERE q.consumer = c.name AND NOT q.done),
            (SELECT min(e.created_at) FROM pgchanges.events e
             WHERE e.xid >= c.horizon AND e.table_oid = ANY (c.table_oids)
-              AND NOT EXISTS (SELECT 1 FROM pgchanges.queue q WHERE q.consumer = c.name AND q.event_id = e.id)
-              AND NOT EXISTS (SELECT 1 FROM pgchanges.acked a WHERE a.consumer = c.name AND a.event_id = e.id))
+              AND NOT EXISTS (SELECT 1 FROM pgchanges.queue q WHERE q.consumer = c.name AND q.event_id = e.id))
        )) AS oldest_pending_seconds,
-       (SELECT count(*) FROM pgchanges.queue q WHERE q.consumer = c.name)
-         - (SELECT count(*) FROM (SELECT 1 FROM pgchanges.queue q WHERE q.consumer = c.name
+       (SELECT count(*) FROM pgchanges.queue q WHERE q.consumer = c.name AND NOT q.done)
+         - (SELECT count(*) FROM (SELECT 1 FROM pgchanges.queue q WHERE q.consumer = c.name AND NOT q.done
                                    FOR KEY SHARE SKIP LOCKED) free) AS in_flight,
-       (SELECT count(*) FROM pgchanges.queue q WHERE q.consumer = c.name AND q.attempts > 0) AS retrying,
+       (SELECT count(*) FROM pgchanges.queue q WHERE q.consumer = c.name AND q.attempts > 0 AND NOT q.done)
+         AS retrying,
        (SELECT count(*) FROM pgchanges.dead_letters d WHERE d.consumer = c.name) AS dead_letters,
        (SELECT count(*) FROM pgchanges.sleepers s WHERE s.consumer = c.name) AS sleeping_workers,
        c.seen_at
