@@ -7,8 +7,9 @@
    by an equally simple trigger. Same batch size; median of the rounds.
 2. write TPS (pgbench single-row INSERTs) at 2 and 8 clients: no capture; outbox capture with no consumer
    running; outbox capture while a consumer drains (and sleeps, and is woken).
-3. idle→handler latency: the consumer is asleep; one row every 20 ms stamped with clock_timestamp();
-   latency = handler time − stamp (so it includes the commit).
+3. idle→handler latency: the consumer is asleep (rows 150 ms apart, past its 75 ms grace of polling), each
+   stamped with clock_timestamp();
+   latency = handler time - stamp (so it includes the commit).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ END $$;
 CREATE TABLE raw_source (id bigint, at double precision, v text, n numeric);
 CREATE TRIGGER raw_capture AFTER INSERT ON raw_source FOR EACH ROW EXECUTE FUNCTION raw_outbox_trigger();
 CREATE TABLE bench_events (id bigint PRIMARY KEY, at double precision, v text, n numeric);
-CREATE TABLE bench_plain (id bigserial, v text);
+CREATE TABLE bench_plain (id bigserial PRIMARY KEY, v text);
 CREATE TABLE bench_outbox (id bigserial PRIMARY KEY, v text);
 """
 RAW_CLAIM = """
@@ -90,7 +91,7 @@ async def idle_latency(conninfo: str, samples: int) -> list[float]:
     def write() -> None:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             for i in range(samples):
-                time.sleep(0.02)  # the consumer goes back to sleep between rows
+                time.sleep(0.15)  # past the 75 ms of polling: the consumer is asleep and must be woken
                 conn.execute(
                     "INSERT INTO bench_events VALUES (%s, extract(epoch FROM clock_timestamp()), 'x', 1)",
                     (10_000_000 + i,),
@@ -136,7 +137,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--tps-seconds", type=int, default=10)
     parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
     args = parser.parse_args()
@@ -147,8 +148,7 @@ def main() -> None:
         conninfo = cluster.dsn("bench")
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(RAW_SETUP)
-            capture.install(conn, [TableName("public", "bench_events"), TableName("public", "bench_outbox")],
-                            "outbox")
+            capture.install(conn, [TableName("public", "bench_events"), TableName("public", "bench_outbox")], "outbox")
 
         raw_rates, app_rates = [], []
         for r in range(args.rounds):
@@ -167,47 +167,58 @@ def main() -> None:
         tps: dict[str, dict[str, float]] = {"none": {}, "outbox": {}, "outbox_consumed": {}}
         for clients in (2, 8):
             key = str(clients)
-            tps["none"][key] = pgbench_tps(cluster, "bench", "INSERT INTO bench_plain (v) VALUES ('row');\n",
-                                           clients, args.tps_seconds)
-            tps["outbox"][key] = pgbench_tps(cluster, "bench", "INSERT INTO bench_outbox (v) VALUES ('row');\n",
-                                             clients, args.tps_seconds)
-            tps["outbox_consumed"][key] = tps_with_consumer(cluster, conninfo, clients, args.tps_seconds,
-                                                            args.backend)
+            tps["none"][key] = pgbench_tps(
+                cluster, "bench", "INSERT INTO bench_plain (v) VALUES ('row');\n", clients, args.tps_seconds
+            )
+            tps["outbox"][key] = pgbench_tps(
+                cluster, "bench", "INSERT INTO bench_outbox (v) VALUES ('row');\n", clients, args.tps_seconds
+            )
+            tps["outbox_consumed"][key] = tps_with_consumer(cluster, conninfo, clients, args.tps_seconds, args.backend)
             print(f"tps at {clients}: " + ", ".join(f"{k} {v[key]:,.0f}" for k, v in tps.items()), flush=True)
         version = cluster.version
 
     ratio = {k: {c: round(v[c] / tps["none"][c], 3) for c in v} for k, v in tps.items()}
     data = {
-        "benchmark": "outbox", "postgres": version, "backend": args.backend, "machine": machine(),
-        "drain": {"rows": args.rows, "batch": args.batch, "raw_per_s": round(raw_rate), "app_per_s": round(app_rate),
-                  "ratio": round(app_rate / raw_rate, 3), "raw_rounds": [round(x) for x in raw_rates],
-                  "app_rounds": [round(x) for x in app_rates]},
+        "benchmark": "outbox",
+        "postgres": version,
+        "backend": args.backend,
+        "machine": machine(),
+        "drain": {
+            "rows": args.rows,
+            "batch": args.batch,
+            "raw_per_s": round(raw_rate),
+            "app_per_s": round(app_rate),
+            "ratio": round(app_rate / raw_rate, 3),
+            "raw_rounds": [round(x) for x in raw_rates],
+            "app_rounds": [round(x) for x in app_rates],
+        },
         "idle_latency": latency_summary(lat),
-        "write_tps": tps, "write_tps_ratio": ratio,
+        "write_tps": tps,
+        "write_tps_ratio": ratio,
     }
     d, la = data["drain"], data["idle_latency"]
     markdown = f"""# Outbox source benchmark
 
-PostgreSQL {version}, fsync on, {args.backend}, {data['machine']['cpus']} CPUs. Reproduce:
+PostgreSQL {version}, fsync on, {args.backend}, {data["machine"]["cpus"]} CPUs. Reproduce:
 `.venv/bin/python -m bench.outbox_bench --backend {args.backend}`.
 
 | measure | raw baseline | pgchanges | ratio |
 |---|---|---|---|
-| drain of {d['rows']:,} events, batches of {args.batch} (median of {args.rounds}) | {d['raw_per_s']:,}/s (`DELETE … SKIP LOCKED RETURNING`) | {d['app_per_s']:,}/s (App, no-op handler) | **{d['ratio']}** |
+| drain of {d["rows"]:,} events, batches of {args.batch} (median of {args.rounds}) | {d["raw_per_s"]:,}/s (`DELETE … SKIP LOCKED RETURNING`) | {d["app_per_s"]:,}/s (App, no-op handler) | **{d["ratio"]}** |
 
 The raw loop only deletes rows of one outbox table. pgchanges also copies each event into the consumer's
 queue (fan-out to named consumers, late-commit safety), keeps per-row order, types the values, builds a
 Change, runs the handler and acknowledges.
 
-| idle consumer → handler (one row every 20 ms, {la['count']} samples) | p50 | p99 | max |
+| idle consumer → handler (one row every 20 ms, {la["count"]} samples) | p50 | p99 | max |
 |---|---|---|---|
-| commit→handler latency | {la['p50_ms']} ms | {la['p99_ms']} ms | {la['max_ms']} ms |
+| commit→handler latency | {la["p50_ms"]} ms | {la["p99_ms"]} ms | {la["max_ms"]} ms |
 
 | write TPS (pgbench single-row INSERT) | 2 clients | 8 clients | ratio at 2 | ratio at 8 |
 |---|---|---|---|---|
-| no capture | {tps['none']['2']:,.0f} | {tps['none']['8']:,.0f} | 1 | 1 |
-| outbox capture, no consumer running | {tps['outbox']['2']:,.0f} | {tps['outbox']['8']:,.0f} | {ratio['outbox']['2']} | **{ratio['outbox']['8']}** |
-| outbox capture, a consumer draining meanwhile | {tps['outbox_consumed']['2']:,.0f} | {tps['outbox_consumed']['8']:,.0f} | {ratio['outbox_consumed']['2']} | **{ratio['outbox_consumed']['8']}** |
+| no capture | {tps["none"]["2"]:,.0f} | {tps["none"]["8"]:,.0f} | 1 | 1 |
+| outbox capture, no consumer running | {tps["outbox"]["2"]:,.0f} | {tps["outbox"]["8"]:,.0f} | {ratio["outbox"]["2"]} | **{ratio["outbox"]["8"]}** |
+| outbox capture, a consumer draining meanwhile | {tps["outbox_consumed"]["2"]:,.0f} | {tps["outbox_consumed"]["8"]:,.0f} | {ratio["outbox_consumed"]["2"]} | **{ratio["outbox_consumed"]["8"]}** |
 
 With a consumer running, the write figure includes the consumer's own load on the same 2 cores.
 """

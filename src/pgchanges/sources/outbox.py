@@ -54,6 +54,7 @@ PURGE_BATCH = 10_000
 MAINTENANCE_LOCK = 0x70676368_6D  # "pgchm"
 ANALYZE_AFTER_ROWS = 1000
 COPY_INTERVAL_SECONDS = 0.2
+IDLE_POLL_SECONDS = (0.005, 0.01, 0.02, 0.04)
 
 
 @dataclass(frozen=True)
@@ -239,14 +240,16 @@ class OutboxSource:
     async def serve(self, handle: DurableHandler) -> None:
         """Claim, handle and acknowledge until :meth:`stop`; reconnects after connection failures."""
         failures = 0
+        idle = 0
         while not self._stopping:
             try:
                 if failures:
                     await self._reconnect()
                 worked = await self._cycle(handle)
                 failures = 0
+                idle = 0 if worked else idle + 1
                 if not worked and not self._stopping:
-                    await self._sleep_until_work()
+                    await self._wait_for_work(idle)
             except (psycopg.OperationalError, ConnectError, ConnectionLost) as exc:
                 delay = self._backoff.delay(failures)
                 failures += 1
@@ -442,6 +445,19 @@ class OutboxSource:
 
     # -- waiting -------------------------------------------------------------------------------------------
 
+    async def _wait_for_work(self, idle_rounds: int) -> None:
+        """Look again a few times within about 75 ms before sleeping.
+
+        A sleeping worker makes every writer NOTIFY (and so take the NOTIFY commit lock) until it wakes.
+        Under a steady stream of writes the worker finds work again within the grace period and never
+        sleeps, so writers never pay for the wake-up; only a truly idle consumer sleeps, and is then woken
+        at once by the first write.
+        """
+        if idle_rounds <= len(IDLE_POLL_SECONDS):
+            await anyio.sleep(IDLE_POLL_SECONDS[idle_rounds - 1])
+        else:
+            await self._sleep_until_work()
+
     async def _sleep_until_work(self) -> None:
         """Announce this worker as sleeping, look once more, then wait for a wake-up or the poll interval."""
         params = {"consumer": self.consumer, "worker": self.worker}
@@ -495,6 +511,7 @@ class OutboxSource:
 
         Changes of the batch that were not acknowledged are released and delivered again.
         """
+        idle = 0
         while True:
             if self._open_batch is not None:
                 await self._finish_stream_batch()
@@ -505,8 +522,9 @@ class OutboxSource:
                 await self._reconnect_with_backoff()
                 continue
             usable = [c for c in claimed if not c.blocked]
+            idle = 0 if claimed else idle + 1
             if not claimed:
-                await self._sleep_until_work()
+                await self._wait_for_work(idle)
                 continue
             if not usable:
                 await self._call(lambda conn: conn.rollback())

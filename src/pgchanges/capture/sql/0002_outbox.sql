@@ -13,19 +13,18 @@
 
 ALTER TABLE pgchanges.captures ADD COLUMN IF NOT EXISTS key_columns text[];
 
+-- Lean on purpose: every column and index here is paid by every captured write. Names come from the
+-- catalog (or pgchanges.captures) when events are read; retention walks ids, so created_at has no index.
 CREATE TABLE pgchanges.events (
     id           bigint PRIMARY KEY DEFAULT nextval('pgchanges.event_seq'),
     xid          xid8 NOT NULL DEFAULT pg_current_xact_id(),
     table_oid    oid NOT NULL,
-    schema_name  name NOT NULL,
-    table_name   name NOT NULL,
     op           text NOT NULL,
     new_row      json,
     old_row      json,
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX events_xid ON pgchanges.events (xid);
-CREATE INDEX events_created_at ON pgchanges.events (created_at);
 
 CREATE TABLE pgchanges.consumers (
     name        text PRIMARY KEY,
@@ -75,23 +74,23 @@ AS $fn$
         WHERE c.table_oid = p_table AND c.source = 'outbox'), '')
 $fn$;
 
+-- The row trigger. SECURITY DEFINER so writers need no privilege on schema pgchanges. Instead of a
+-- SET search_path clause (a GUC save and restore on every call: 8 % of write TPS at 8 clients, measured
+-- with pgbench), every function, operator and table is schema-qualified, so a writer's search_path cannot
+-- redirect anything (tests/integration/test_outbox_security.py tries).
 CREATE FUNCTION pgchanges.outbox_row_v1() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS $fn$
 BEGIN
-    IF TG_LEVEL = 'STATEMENT' THEN
-        INSERT INTO pgchanges.events (table_oid, schema_name, table_name, op)
-        VALUES (TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'truncate');
-    ELSIF TG_OP = 'INSERT' THEN
-        INSERT INTO pgchanges.events (table_oid, schema_name, table_name, op, new_row)
-        VALUES (TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'insert', to_json(NEW));
-    ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO pgchanges.events (table_oid, schema_name, table_name, op, new_row, old_row)
-        VALUES (TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'update', to_json(NEW), to_json(OLD));
+    IF TG_LEVEL OPERATOR(pg_catalog.=) 'STATEMENT' THEN
+        INSERT INTO pgchanges.events (table_oid, op) VALUES (TG_RELID, 'truncate');
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+        INSERT INTO pgchanges.events (table_oid, op, new_row) VALUES (TG_RELID, 'insert', pg_catalog.to_json(NEW));
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+        INSERT INTO pgchanges.events (table_oid, op, new_row, old_row)
+        VALUES (TG_RELID, 'update', pg_catalog.to_json(NEW), pg_catalog.to_json(OLD));
     ELSE
-        INSERT INTO pgchanges.events (table_oid, schema_name, table_name, op, old_row)
-        VALUES (TG_RELID, TG_TABLE_SCHEMA, TG_TABLE_NAME, 'delete', to_json(OLD));
+        INSERT INTO pgchanges.events (table_oid, op, old_row) VALUES (TG_RELID, 'delete', pg_catalog.to_json(OLD));
     END IF;
     RETURN NULL;
 END

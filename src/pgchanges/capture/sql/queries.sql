@@ -64,9 +64,14 @@ SELECT c.event_id, c.row_key, c.attempts,
        EXISTS (SELECT 1 FROM pgchanges.queue p
                WHERE p.consumer = %(consumer)s AND p.row_key = c.row_key AND p.event_id < c.event_id
                  AND NOT p.done AND p.event_id NOT IN (SELECT event_id FROM claimed)) AS blocked,
-       c.xid::text::bigint, e.table_oid, e.schema_name, e.table_name, e.op, e.new_row::text, e.old_row::text,
+       c.xid::text::bigint, e.table_oid, coalesce(n.nspname, k.schema_name, '?')::text,
+       coalesce(r.relname, k.table_name, e.table_oid::text)::text, e.op, e.new_row::text, e.old_row::text,
        c.last_error
-FROM claimed c JOIN pgchanges.events e ON e.id = c.event_id
+FROM claimed c
+JOIN pgchanges.events e ON e.id = c.event_id
+LEFT JOIN pg_catalog.pg_class r ON r.oid = e.table_oid
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+LEFT JOIN pgchanges.captures k ON k.table_oid = e.table_oid AND k.source = 'outbox'
 ORDER BY c.event_id
 
 -- name: tombstone
@@ -121,8 +126,13 @@ WHERE c.name = %(consumer)s
 ON CONFLICT (consumer, event_id) DO UPDATE SET attempts = 0, run_at = '-infinity', last_error = NULL, done = false
 
 -- name: dead_letters
-SELECT d.consumer, d.event_id, d.attempts, d.error, d.failed_at, e.schema_name, e.table_name, e.op
-FROM pgchanges.dead_letters d LEFT JOIN pgchanges.events e ON e.id = d.event_id
+SELECT d.consumer, d.event_id, d.attempts, d.error, d.failed_at,
+       coalesce(n.nspname, k.schema_name, '?'), coalesce(r.relname, k.table_name, e.table_oid::text), e.op
+FROM pgchanges.dead_letters d
+LEFT JOIN pgchanges.events e ON e.id = d.event_id
+LEFT JOIN pg_catalog.pg_class r ON r.oid = e.table_oid
+LEFT JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+LEFT JOIN pgchanges.captures k ON k.table_oid = e.table_oid AND k.source = 'outbox'
 WHERE %(consumer)s::text IS NULL OR d.consumer = %(consumer)s
 ORDER BY d.consumer, d.event_id
 
