@@ -186,8 +186,20 @@ class StreamAbort:
 
 
 Message = (
-    Begin | Commit | Origin | Relation | Type | Insert | Update | Delete | Truncate | LogicalMessage
-    | StreamStart | StreamStop | StreamCommit | StreamAbort
+    Begin
+    | Commit
+    | Origin
+    | Relation
+    | Type
+    | Insert
+    | Update
+    | Delete
+    | Truncate
+    | LogicalMessage
+    | StreamStart
+    | StreamStop
+    | StreamCommit
+    | StreamAbort
 )
 
 _I8 = struct.Struct("!B")

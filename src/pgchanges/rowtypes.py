@@ -170,6 +170,37 @@ def fetch_row_types(conn: psycopg.Connection[Any], relids: Iterable[int]) -> dic
     return result
 
 
+def fetch_type_info(conn: psycopg.Connection[Any], oids: set[int]) -> dict[int, TypeInfo]:
+    """Catalog rows of the types ``oids``, following domains and array elements to their bases."""
+    return _fetch_types(conn, oids)
+
+
+def text_converter(types: Mapping[int, TypeInfo], oid: int) -> Converter:
+    """Turns a value's text form (bytes, as logical replication sends it) into Python, by type oid.
+
+    Domains use their base type; types without a psycopg loader (enums, composites, unknown) stay text.
+    """
+    info = types.get(oid)
+    if info is not None and info.typtype == "d":
+        return text_converter(types, info.base)
+    loader_cls = adapters.get_loader(oid, pq.Format.TEXT)
+    if loader_cls is None or (info is not None and info.typtype in ("e", "c")):
+        return _decode_text
+    loader = loader_cls(oid)
+
+    def convert(value: Any) -> Any:
+        try:
+            return loader.load(value)
+        except (psycopg.DataError, ValueError, TypeError):
+            return _decode_text(value)
+
+    return convert
+
+
+def _decode_text(value: Any) -> Any:
+    return bytes(value).decode("utf-8", errors="replace")
+
+
 def _fetch_types(conn: psycopg.Connection[Any], oids: set[int]) -> dict[int, TypeInfo]:
     found: dict[int, TypeInfo] = {}
     pending = set(oids)

@@ -9,7 +9,7 @@ from pgchanges.errors import ConfigError
 from pgchanges.names import TableName
 from pgchanges.sources.base import Source
 
-SOURCES = ("notify", "outbox")
+SOURCES = ("notify", "outbox", "logical")
 
 
 def make_source(
@@ -23,4 +23,8 @@ def make_source(
         from pgchanges.sources.outbox import OutboxSource  # noqa: PLC0415
 
         return OutboxSource(conninfo, tables, channels, **options)
+    if kind == "logical":
+        from pgchanges.sources.logical import LogicalSource  # noqa: PLC0415
+
+        return LogicalSource(conninfo, tables, channels, **options)
     raise ConfigError(f"unknown source {kind!r}; available: {', '.join(SOURCES)}")

@@ -1,0 +1,487 @@
+"""The logical source: change data capture from a publication and a replication slot, decoded by us.
+
+No triggers: the publication names the tables, the slot keeps the server's place, and the ``pgoutput``
+stream is decoded by :mod:`pgchanges.pgoutput`. A change's ``id`` is ``<commit LSN>:<sequence>``, stable when
+a transaction is delivered again. The slot only advances (standby status update) to the end of a transaction
+once every change of it, and of every transaction before it, has been acknowledged; with nothing in flight,
+keepalives confirm the server's WAL end, so a quiet publication does not make the slot retain WAL forever.
+
+Large transactions are not streamed in progress: the server spills them to disk (``logical_decoding_work_mem``)
+and sends them at commit, and we hand them on in batches, so memory stays bounded on both sides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+import psycopg
+from psycopg import sql
+
+from pgchanges.capture import install as capture
+from pgchanges.capture import migrations
+from pgchanges.change import EMPTY, Change, Op, freeze
+from pgchanges.db.connect import close_async, connect_async
+from pgchanges.db.replication import Keepalive, ReplicationLost, ReplicationStream, check_slot_name
+from pgchanges.errors import CaptureError, ConfigError, ConnectError, NotInstalled, PermissionDenied
+from pgchanges.names import TableName
+from pgchanges.pgoutput import (
+    UNCHANGED_TOAST,
+    Begin,
+    Commit,
+    Decoder,
+    Delete,
+    Insert,
+    LogicalMessage,
+    Relation,
+    StreamStart,
+    Truncate,
+    TupleData,
+    Update,
+    lsn_to_str,
+)
+from pgchanges.rowtypes import Converter, fetch_type_info, text_converter
+from pgchanges.sources.base import Backoff, Event, gap_marker
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_SECONDS = 10.0
+RETAINED_WARNING_BYTES = 1 << 30
+
+
+@dataclass
+class _Relation:
+    schema: str
+    table: str
+    names: tuple[str, ...]
+    converters: tuple[Converter, ...]
+    replica_identity: str
+
+
+@dataclass
+class _Transaction:
+    xid: int
+    commit_lsn: int
+    commit_time: datetime
+    delivered: int = 0
+    acked: int = 0
+    end_lsn: int | None = None  # known at Commit
+
+
+@dataclass
+class _Pending:
+    """Transactions delivered but not yet fully acknowledged, oldest first."""
+
+    by_commit: OrderedDict[int, _Transaction] = field(default_factory=OrderedDict)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_commit)
+
+
+def publication_name(tables: Sequence[TableName]) -> str:
+    """A stable publication name for a set of tables."""
+    key = ",".join(sorted(f"{t.schema}.{t.table}" for t in tables))
+    return "pgchanges_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class LogicalSource:
+    """Changes of ``tables`` from a replication slot (``slot``; a temporary one when None)."""
+
+    name = "logical"
+    durable = True
+
+    def __init__(
+        self,
+        conninfo: str,
+        tables: Sequence[TableName],
+        channels: Sequence[str] = (),
+        *,
+        slot: str | None = None,
+        publication: str | None = None,
+        auto_install: bool = True,
+        batch_size: int = 1000,
+        replica_identity_full: bool = False,
+        backoff: Backoff = Backoff(),  # noqa: B008 - immutable
+        retained_warning_bytes: int = RETAINED_WARNING_BYTES,
+    ) -> None:
+        if channels:
+            raise ConfigError("plain NOTIFY channels (on_notify) need source='notify'")
+        if not tables:
+            raise ConfigError("the logical source needs at least one table")
+        self._conninfo = conninfo
+        self._tables = list(dict.fromkeys(tables))
+        self.temporary = slot is None
+        self.slot = check_slot_name(slot) if slot else f"pgchanges_tmp_{uuid.uuid4().hex[:12]}"
+        self.publication = publication or publication_name(self._tables)
+        self._auto_install = auto_install
+        self.batch_size = batch_size
+        self._replica_identity_full = replica_identity_full
+        self._backoff = backoff
+        self._retained_warning = retained_warning_bytes
+        self._control: psycopg.Connection[Any] | None = None
+        self._stream = ReplicationStream(conninfo)
+        self._decoder = Decoder()
+        self._relations: dict[int, _Relation] = {}
+        self._pending = _Pending()
+        self._current: _Transaction | None = None
+        self._seq = 0
+        self._flushed = 0
+        self._last_status = 0.0
+        self._stopping = False
+        self._wait_scope: anyio.CancelScope | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self._control = await connect_async(self._conninfo)
+        await anyio.to_thread.run_sync(self._prepare, self._control)
+        await self._start_stream()
+
+    def _prepare(self, conn: psycopg.Connection[Any]) -> None:
+        level = conn.execute("SHOW wal_level").fetchone()
+        if not level or level[0] != "logical":
+            raise CaptureError(
+                f"wal_level is {level[0] if level else '?'}; logical capture needs wal_level = logical "
+                "(ALTER SYSTEM SET wal_level = logical, then restart the server)"
+            )
+        oids = [capture.table_oid(conn, t) for t in self._tables]
+        missing = capture.missing_captures(conn, self._tables, "logical")
+        have_publication = conn.execute(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %s", (self.publication,)
+        ).fetchone()
+        if (missing or not have_publication) and not self._auto_install:
+            names = " ".join(str(t) for t in self._tables)
+            raise NotInstalled(f"logical capture is not installed; run `pgchanges install {names} --source logical`")
+        try:
+            ensure_publication(conn, self.publication, self._tables, oids, self._replica_identity_full)
+            if not self.temporary:
+                ensure_slot(conn, self.slot)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise PermissionDenied(
+                f"permission denied: {' '.join(str(exc).split())}. Logical capture needs the REPLICATION "
+                "attribute (ALTER ROLE … REPLICATION) and ownership of the tables for the publication."
+            ) from None
+        if not self.temporary:
+            self._warn_if_retaining(conn)
+
+    def _warn_if_retaining(self, conn: psycopg.Connection[Any]) -> None:
+        row = conn.execute(
+            """SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) FROM pg_catalog.pg_replication_slots
+               WHERE slot_name = %s""",
+            (self.slot,),
+        ).fetchone()
+        if row and row[0] is not None and row[0] > self._retained_warning:
+            log.warning(
+                "replication slot %s retains %.1f MB of WAL; it advances only while a consumer acknowledges",
+                self.slot,
+                float(row[0]) / 1e6,
+            )
+
+    async def _start_stream(self) -> None:
+        await self._stream.open()
+        if self.temporary:
+            await self._stream.create_temporary_slot(self.slot)
+        await self._stream.start(self.slot, [self.publication])
+        self._decoder = Decoder()
+        self._pending = _Pending()
+        self._current = None
+
+    async def close(self) -> None:
+        if self._control is not None and not self._control.closed and self._flushed:
+            with contextlib.suppress(ReplicationLost):
+                self._stream.send_status(self._flushed)
+        await self._stream.close()
+        control, self._control = self._control, None
+        await close_async(control)
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        failures = 0
+        while not self._stopping:
+            try:
+                with anyio.CancelScope() as self._wait_scope:
+                    messages = await self._stream.read()
+                self._wait_scope = None
+                if self._stopping:
+                    return
+                failures = 0
+                batch = await self._handle(messages)
+            except (ReplicationLost, ConnectError, psycopg.OperationalError) as exc:
+                delay = self._backoff.delay(failures)
+                failures += 1
+                log.warning("replication connection lost (%s); reconnecting in %.2fs", exc, delay)
+                await anyio.sleep(delay)
+                await self._stream.close()
+                try:
+                    await self._start_stream()
+                except (ReplicationLost, ConnectError, CaptureError, psycopg.OperationalError) as again:
+                    log.warning("reconnecting failed: %s", again)
+                    continue
+                if self.temporary:
+                    yield [gap_marker(self.name, f"temporary slot lost with the connection: {exc}")]
+                continue
+            if batch:
+                for start in range(0, len(batch), self.batch_size):
+                    yield batch[start : start + self.batch_size]
+            self._maybe_send_status()
+
+    async def _handle(self, messages: list[Any]) -> list[Event]:
+        out: list[Event] = []
+        for message in messages:
+            if isinstance(message, Keepalive):
+                if not self._pending and self._current is None and message.wal_end > self._flushed:
+                    self._flushed = message.wal_end  # nothing in flight: let the slot follow the server
+                if message.reply_requested:
+                    self._send_status()
+                continue
+            decoded = self._decoder.decode(message.payload)
+            change = await self._apply(decoded)
+            if change is not None:
+                out.extend(change)
+        return out
+
+    async def _apply(self, message: Any) -> list[Change] | None:
+        if isinstance(message, Begin):
+            self._current = _Transaction(message.xid, message.final_lsn, message.commit_time)
+            self._seq = 0
+            return None
+        if isinstance(message, Commit):
+            txn, self._current = self._current, None
+            if txn is not None:
+                txn.end_lsn = message.end_lsn
+                if txn.delivered == 0:
+                    self._advance_to(message.end_lsn)
+                else:
+                    self._pending.by_commit[txn.commit_lsn] = txn
+                    self._complete_prefix()
+            return None
+        if isinstance(message, Relation):
+            self._relations[message.oid] = await self._relation(message)
+            return None
+        if isinstance(message, Insert | Update | Delete):
+            return [self._row_change(message)]
+        if isinstance(message, Truncate):
+            return [self._truncate_change(oid) for oid in message.relation_oids if oid in self._relations]
+        if isinstance(message, LogicalMessage):
+            return [self._message_change(message)]
+        if isinstance(message, StreamStart):
+            raise CaptureError("streamed transactions were not requested")
+        return None
+
+    async def _relation(self, message: Relation) -> _Relation:
+        oids = {c.type_oid for c in message.columns}
+        types = {}
+        if any(oid >= 10_000 for oid in oids):  # user-defined: domains, enums, arrays of them
+            assert self._control is not None
+            types = await anyio.to_thread.run_sync(fetch_type_info, self._control, oids)
+        return _Relation(
+            message.namespace,
+            message.name,
+            tuple(c.name for c in message.columns),
+            tuple(text_converter(types, c.type_oid) for c in message.columns),
+            message.replica_identity,
+        )
+
+    def _values(self, relation: _Relation, data: TupleData) -> dict[str, Any]:
+        row: dict[str, Any] = {}
+        for name, convert, value in zip(relation.names, relation.converters, data.values, strict=False):
+            if value is None or value is UNCHANGED_TOAST:
+                row[name] = value
+            else:
+                row[name] = convert(value)
+        return row
+
+    def _next_id(self) -> tuple[str, _Transaction | None]:
+        txn = self._current
+        self._seq += 1
+        if txn is not None:
+            txn.delivered += 1
+            return f"{lsn_to_str(txn.commit_lsn)}:{self._seq}", txn
+        return f"nontx:{uuid.uuid4().hex}", None
+
+    def _row_change(self, message: Insert | Update | Delete) -> Change:
+        relation = self._relations[message.relation_oid]
+        change_id, txn = self._next_id()
+        new = old = None
+        changed = EMPTY
+        op: Op
+        if isinstance(message, Insert):
+            op, new = "insert", self._values(relation, message.new)
+        elif isinstance(message, Update):
+            op, new = "update", self._values(relation, message.new)
+            if message.old is not None:
+                old = self._values(relation, message.old)
+                if message.old_kind == "O":
+                    changed = tuple(k for k, v in new.items() if v is not UNCHANGED_TOAST and old.get(k) != v)
+        else:
+            op, old = "delete", self._values(relation, message.old)
+        return Change(
+            change_id,
+            op,
+            relation.schema,
+            relation.table,
+            freeze(new),
+            freeze(old),
+            changed,
+            txn.xid if txn else None,
+            txn.commit_time if txn else None,
+            lsn_to_str(txn.commit_lsn) if txn else None,
+            self.name,
+        )
+
+    def _truncate_change(self, oid: int) -> Change:
+        relation = self._relations[oid]
+        change_id, txn = self._next_id()
+        return Change(
+            change_id,
+            "truncate",
+            relation.schema,
+            relation.table,
+            None,
+            None,
+            EMPTY,
+            txn.xid if txn else None,
+            txn.commit_time if txn else None,
+            lsn_to_str(txn.commit_lsn) if txn else None,
+            self.name,
+        )
+
+    def _message_change(self, message: LogicalMessage) -> Change:
+        if message.transactional:
+            change_id, txn = self._next_id()
+        else:
+            change_id, txn = f"message:{lsn_to_str(message.lsn)}", None
+        return Change(
+            change_id,
+            "message",
+            None,
+            None,
+            None,
+            None,
+            EMPTY,
+            txn.xid if txn else None,
+            txn.commit_time if txn else None,
+            lsn_to_str(message.lsn),
+            self.name,
+            freeze({"prefix": message.prefix, "content": message.content, "transactional": message.transactional}),
+        )
+
+    # -- acknowledging -------------------------------------------------------------------------------------
+
+    async def ack(self, changes: Sequence[Change]) -> None:
+        """Mark ``changes`` handled; the slot advances past every transaction that is handled completely."""
+        for change in changes:
+            commit_text, _, _ = change.id.partition(":")
+            if commit_text in ("nontx", "message", "gap"):
+                continue
+            txn = self._find(commit_text)
+            if txn is not None:
+                txn.acked += 1
+            elif self._current is not None and lsn_to_str(self._current.commit_lsn) == commit_text:
+                self._current.acked += 1
+        self._complete_prefix()
+        self._maybe_send_status()
+
+    def _find(self, commit_text: str) -> _Transaction | None:
+        for txn in self._pending.by_commit.values():
+            if lsn_to_str(txn.commit_lsn) == commit_text:
+                return txn
+        return None
+
+    def _complete_prefix(self) -> None:
+        while self._pending.by_commit:
+            first = next(iter(self._pending.by_commit.values()))
+            if first.acked < first.delivered or first.end_lsn is None:
+                return
+            self._pending.by_commit.popitem(last=False)
+            self._advance_to(first.end_lsn)
+
+    def _advance_to(self, lsn: int) -> None:
+        self._flushed = max(self._flushed, lsn)
+
+    @property
+    def flushed_lsn(self) -> int:
+        return self._flushed
+
+    def _maybe_send_status(self) -> None:
+        if time.monotonic() - self._last_status >= STATUS_INTERVAL_SECONDS or not self._pending:
+            self._send_status()
+
+    def _send_status(self) -> None:
+        self._last_status = time.monotonic()
+        self._stream.send_status(self._flushed)
+
+    # -- App path ------------------------------------------------------------------------------------------
+
+    async def serve(self, handle: Callable[[Change, Any], Awaitable[None]]) -> None:
+        """Run handlers in commit order; acknowledge each change once its handlers returned.
+
+        A handler that raises is logged with the change id; the change is acknowledged all the same (use the
+        outbox source for retries). With ``App(on_error="stop")`` the App stops without acknowledging, and
+        the change is delivered again after a restart.
+        """
+        async for batch in self.batches():
+            for event in batch:
+                if isinstance(event, Change) and event.op != "gap":
+                    await handle(event, None)
+            await self.ack([e for e in batch if isinstance(e, Change)])
+            if self._stopping:
+                return
+
+
+def ensure_publication(
+    conn: psycopg.Connection[Any], name: str, tables: Sequence[TableName], oids: Sequence[int], full: bool
+) -> None:
+    """Create the publication (or add missing tables), register the capture, optionally REPLICA IDENTITY FULL."""
+    migrations.migrate(conn)
+    with conn.transaction():
+        exists = conn.execute("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %s", (name,)).fetchone()
+        targets = sql.SQL(", ").join(t.identifier for t in tables)
+        if exists is None:
+            conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), targets))
+        else:
+            have = {
+                (r[0], r[1])
+                for r in conn.execute(
+                    "SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables WHERE pubname = %s", (name,)
+                )
+            }
+            missing = [t for t in tables if (t.schema, t.table) not in have]
+            if missing:
+                conn.execute(
+                    sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                        sql.Identifier(name), sql.SQL(", ").join(t.identifier for t in missing)
+                    )
+                )
+        for table, oid in zip(tables, oids, strict=True):
+            if full:
+                conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.identifier))
+            conn.execute(
+                """INSERT INTO pgchanges.captures (table_oid, schema_name, table_name, source)
+                   VALUES (%s, %s, %s, 'logical') ON CONFLICT (table_oid, source) DO NOTHING""",
+                (oid, table.schema, table.table),
+            )
+
+
+def ensure_slot(conn: psycopg.Connection[Any], slot: str) -> None:
+    exists = conn.execute("SELECT plugin FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+    if exists is None:
+        conn.execute("SELECT pg_catalog.pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        log.info("created replication slot %s", slot)
+    elif exists[0] != "pgoutput":
+        raise CaptureError(f"replication slot {slot} uses plugin {exists[0]}, not pgoutput")
