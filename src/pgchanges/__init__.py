@@ -19,6 +19,7 @@ from pgchanges.errors import (
     TableNotFound,
 )
 from pgchanges.sources.outbox import RetryPolicy, Transaction
+from pgchanges.pgoutput import UNCHANGED_TOAST
 from pgchanges.stream import ChangeStream, stream
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "PgChangesError",
     "RetryPolicy",
     "TableNotFound",
+    "UNCHANGED_TOAST",
     "Transaction",
     "stream",
 ]

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from pgchanges import conninfo as ci
-from pgchanges.change import Change
+from pgchanges.change import OPS, Change
 from pgchanges.names import TableName, parse_table
 from pgchanges.routing import normalise_ops
 from pgchanges.sources.base import Source
@@ -58,6 +58,6 @@ async def stream(
     opened = make_source(source, conninfo, names, auto_install=auto_install, **options)
     await opened.open()
     try:
-        yield ChangeStream(opened, normalise_ops(ops))
+        yield ChangeStream(opened, OPS if ops is None else normalise_ops(ops))
     finally:
         await opened.close()

@@ -1,4 +1,4 @@
-"""Values arrive typed: every column equals what psycopg itself reads from the table."""
+"""Values arrive typed from every source: every column equals what psycopg itself reads from the table."""
 
 from decimal import Decimal
 
@@ -64,16 +64,21 @@ def same(a, b):
     return a == b and type(a) is type(b)
 
 
-async def test_every_type_arrives_as_psycopg_reads_it(dsn, db):
+SOURCE_OPTIONS = {"notify": {}, "outbox": {"consumer": "types"}, "logical": {}}
+
+
+@pytest.mark.parametrize("source", list(SOURCE_OPTIONS))
+async def test_every_type_arrives_as_psycopg_reads_it(dsn, db, source):
     db.execute("CREATE TYPE mood AS ENUM ('happy', 'sad')")
     db.execute("CREATE DOMAIN money_amount AS numeric(12,2) CHECK (VALUE >= 0)")
     columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
     db.execute(f"CREATE TABLE typed (id int PRIMARY KEY, {columns})")
-    async with pgchanges.stream(dsn, tables=["typed"]) as changes:
+    async with pgchanges.stream(dsn, tables=["typed"], source=source, **SOURCE_OPTIONS[source]) as changes:
         db.execute("SET TIME ZONE 'America/New_York'")  # the writer's zone must not matter
         for row in ROWS:
             db.execute(f"INSERT INTO typed VALUES {row}")
         got = await take(changes, len(ROWS))
+        await changes.ack(*got)
     db.execute("RESET TIME ZONE")
     for change in got:
         expected = db.execute(f"SELECT {', '.join(COLUMNS)} FROM typed WHERE id = %s", (change.new["id"],)).fetchone()
