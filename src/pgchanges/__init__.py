@@ -18,8 +18,8 @@ from pgchanges.errors import (
     PgChangesError,
     TableNotFound,
 )
-from pgchanges.sources.outbox import RetryPolicy, Transaction
 from pgchanges.pgoutput import UNCHANGED_TOAST
+from pgchanges.sources.outbox import RetryPolicy, Transaction
 from pgchanges.stream import ChangeStream, stream
 
 __all__ = [

@@ -21,7 +21,7 @@ import psycopg
 from pgchanges import conninfo as ci
 from pgchanges.app import App
 from pgchanges.capture import install as capture
-from pgchanges.capture import outbox_admin
+from pgchanges.capture import logical_admin, outbox_admin
 from pgchanges.db.connect import connect
 from pgchanges.display import format_change
 from pgchanges.errors import ConfigError, PgChangesError
@@ -42,12 +42,31 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgchanges", description="Do something when rows in PostgreSQL change.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_capture_commands(sub)
+    _add_stream_commands(sub)
+    _add_outbox_commands(sub)
+    return parser
 
+
+def _add_capture_commands(sub: Any) -> None:
     p = sub.add_parser("install", help="install capture on tables (idempotent)")
     _common(p)
     p.add_argument("tables", nargs="+", metavar="TABLE")
     p.add_argument("--source", default="notify", choices=SOURCES)
+    p.add_argument("--slot", help="logical: also create this replication slot")
+    p.add_argument(
+        "--replica-identity",
+        choices=("default", "full"),
+        default="default",
+        help="logical: FULL sends whole old rows on update and delete",
+    )
     p.set_defaults(func=cmd_install)
+
+    p = sub.add_parser("slots", help="list logical replication slots (WAL retained, lag), or drop one")
+    _common(p)
+    p.add_argument("action", nargs="?", choices=("list", "drop"), default="list")
+    p.add_argument("name", nargs="?", help="slot to drop")
+    p.set_defaults(func=cmd_slots)
 
     p = sub.add_parser("uninstall", help="remove capture (from TABLEs, or everything pgchanges created)")
     _common(p)
@@ -58,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_status)
 
+
+def _add_stream_commands(sub: Any) -> None:
     p = sub.add_parser("tail", help="print changes as they happen")
     _common(p)
     p.add_argument("tables", nargs="+", metavar="TABLE")
@@ -67,20 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, help="exit after this many changes")
     p.add_argument("--no-install", action="store_true", help="fail instead of installing missing capture")
     p.add_argument("--consumer", default="pgchanges-tail", help="outbox consumer name (resumes where it stopped)")
+    p.add_argument("--slot", help="logical: replication slot (resumes where it stopped; default: a temporary one)")
     p.set_defaults(func=cmd_tail)
-
-    p = sub.add_parser("dead-letters", help="list, retry or drop outbox events that failed too often")
-    _common(p)
-    p.add_argument("action", choices=("list", "retry", "drop"))
-    p.add_argument("ids", nargs="*", type=int, metavar="EVENT_ID", help="only these events (default: all)")
-    p.add_argument("--consumer", help="consumer name (required for retry and drop)")
-    p.set_defaults(func=cmd_dead_letters)
-
-    p = sub.add_parser("replay", help="deliver outbox events again to a consumer")
-    _common(p)
-    p.add_argument("--consumer", required=True)
-    p.add_argument("--since", required=True, help="an event id, or an ISO 8601 time")
-    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("run", help="run an App: pgchanges run package.module:app")
     _common(p)
@@ -95,7 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="text", choices=("text", "json"))
     p.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
     p.set_defaults(func=cmd_demo)
-    return parser
+
+
+def _add_outbox_commands(sub: Any) -> None:
+    p = sub.add_parser("dead-letters", help="list, retry or drop outbox events that failed too often")
+    _common(p)
+    p.add_argument("action", choices=("list", "retry", "drop"))
+    p.add_argument("ids", nargs="*", type=int, metavar="EVENT_ID", help="only these events (default: all)")
+    p.add_argument("--consumer", help="consumer name (required for retry and drop)")
+    p.set_defaults(func=cmd_dead_letters)
+
+    p = sub.add_parser("replay", help="deliver outbox events again to a consumer")
+    _common(p)
+    p.add_argument("--consumer", required=True)
+    p.add_argument("--since", required=True, help="an event id, or an ISO 8601 time")
+    p.set_defaults(func=cmd_replay)
 
 
 def _conninfo(args: argparse.Namespace) -> str:
@@ -104,6 +127,14 @@ def _conninfo(args: argparse.Namespace) -> str:
 
 def cmd_install(args: argparse.Namespace) -> int:
     tables = [parse_table(t) for t in args.tables]
+    if args.source == "logical":
+        with connect(_conninfo(args)) as conn:
+            publication = logical_admin.install_logical(conn, tables, args.slot, args.replica_identity == "full")
+        print(
+            f"logical capture installed on {', '.join(str(t) for t in tables)} (publication {publication}"
+            + (f", slot {args.slot})" if args.slot else ")")
+        )
+        return 0
     with connect(_conninfo(args)) as conn:
         added = capture.install(conn, tables, args.source)
     for table in tables:
@@ -134,6 +165,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     if consumers:
         print()
         print(outbox_admin.format_status(consumers))
+    return 0
+
+
+def cmd_slots(args: argparse.Namespace) -> int:
+    with connect(_conninfo(args)) as conn:
+        if args.action == "drop":
+            if not args.name:
+                raise ConfigError("slots drop needs the slot name")
+            logical_admin.drop_slot(conn, args.name)
+            print(f"replication slot {args.name} dropped")
+            return 0
+        print(logical_admin.format_slots(logical_admin.list_slots(conn)))
     return 0
 
 
@@ -177,10 +220,18 @@ def cmd_tail(args: argparse.Namespace) -> int:
         ops=ops,
         count=args.count,
         auto_install=not args.no_install,
-        options={"consumer": args.consumer, "batch_size": 1} if args.source == "outbox" else {},
+        options=_tail_options(args),
     )
     anyio.run(tail)
     return 0
+
+
+def _tail_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.source == "outbox":
+        return {"consumer": args.consumer, "batch_size": 1}
+    if args.source == "logical":
+        return {"slot": args.slot}
+    return {}
 
 
 async def _tail(

@@ -14,6 +14,9 @@ UNION ALL SELECT 'proc', p.oid::regprocedure::text FROM pg_proc p
 UNION ALL SELECT 'trigger', tgrelid::regclass::text || '.' || tgname FROM pg_trigger
 UNION ALL SELECT 'type', t.oid::regtype::text FROM pg_type t
 UNION ALL SELECT 'event_trigger', evtname FROM pg_event_trigger
+UNION ALL SELECT 'publication', pubname FROM pg_publication
+UNION ALL SELECT 'slot', slot_name FROM pg_replication_slots
+UNION ALL SELECT 'replica_identity', oid::regclass::text || relreplident::text FROM pg_class WHERE relkind = 'r'
 ORDER BY 1, 2
 """
 
@@ -40,6 +43,20 @@ def test_uninstall_leaves_nothing_behind(db):
     assert db.execute(CATALOG_SNAPSHOT).fetchall() != before
     removed = capture.uninstall(db)
     assert set(removed) == {TableName("public", "orders"), TableName("Odd Schema", 'Odd "Table"')}
+    assert db.execute(CATALOG_SNAPSHOT).fetchall() == before
+
+
+def test_uninstall_of_every_source_leaves_nothing_behind(db):
+    from pgchanges.capture import logical_admin
+
+    db.execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)")
+    before = db.execute(CATALOG_SNAPSHOT).fetchall()
+    tables = [TableName("public", "a"), TableName("public", "b")]
+    capture.install(db, tables, "notify")
+    capture.install(db, tables, "outbox")
+    logical_admin.install_logical(db, tables, "keep_me_not", replica_identity_full=False)
+    assert {c.source for c in capture.captures(db)} == {"notify", "outbox", "logical"}
+    capture.uninstall(db)
     assert db.execute(CATALOG_SNAPSHOT).fetchall() == before
 
 

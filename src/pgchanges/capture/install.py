@@ -175,18 +175,47 @@ def uninstall(conn: psycopg.Connection[Any], tables: Iterable[TableName] | None 
             left = conn.execute("SELECT count(*) FROM pgchanges.captures").fetchone()
             if tables is None or (left and left[0] == 0):
                 _drop_orphan_triggers(conn)
+                _drop_logical_objects(conn)
                 conn.execute("DROP SCHEMA pgchanges CASCADE")
     except pg_errors.InsufficientPrivilege as exc:
         raise PermissionDenied(_privilege_hint(exc, removed)) from None
     return list(dict.fromkeys(removed))
 
 
+def _drop_logical_objects(conn: psycopg.Connection[Any]) -> None:
+    """Publications and slots the logical source created (a slot in use by a consumer cannot be dropped)."""
+    if conn.execute("SELECT to_regclass('pgchanges.logical_objects')").fetchone() == (None,):
+        return
+    for kind, name in conn.execute("SELECT kind, name FROM pgchanges.logical_objects ORDER BY kind").fetchall():
+        if kind == "publication":
+            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+        elif conn.execute("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (name,)).fetchone():
+            conn.execute("SELECT pg_catalog.pg_drop_replication_slot(%s)", (name,))
+
+
 def _drop_triggers(conn: psycopg.Connection[Any], capture: Capture) -> None:
+    if capture.source == "logical":
+        _leave_publications(conn, capture)
+        return
     for trigger in TRIGGERS.get(capture.source, ()):
         conn.execute(
             sql.SQL("DROP TRIGGER IF EXISTS {name} ON {table}").format(
                 name=sql.Identifier(trigger.name), table=capture.table.identifier
             )
+        )
+
+
+def _leave_publications(conn: psycopg.Connection[Any], capture: Capture) -> None:
+    """Take the table out of the publications pgchanges created."""
+    rows = conn.execute(
+        """SELECT p.pubname FROM pg_catalog.pg_publication_rel r JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid
+           JOIN pgchanges.logical_objects o ON o.kind = 'publication' AND o.name = p.pubname
+           WHERE r.prrelid = %s""",
+        (capture.table_oid,),
+    ).fetchall()
+    for (name,) in rows:
+        conn.execute(
+            sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(name), capture.table.identifier)
         )
 
 

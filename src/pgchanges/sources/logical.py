@@ -454,6 +454,10 @@ def ensure_publication(
         targets = sql.SQL(", ").join(t.identifier for t in tables)
         if exists is None:
             conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), targets))
+            conn.execute(
+                "INSERT INTO pgchanges.logical_objects (kind, name) VALUES ('publication', %s) ON CONFLICT DO NOTHING",
+                (name,),
+            )
         else:
             have = {
                 (r[0], r[1])
@@ -482,6 +486,9 @@ def ensure_slot(conn: psycopg.Connection[Any], slot: str) -> None:
     exists = conn.execute("SELECT plugin FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
     if exists is None:
         conn.execute("SELECT pg_catalog.pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        conn.execute(
+            "INSERT INTO pgchanges.logical_objects (kind, name) VALUES ('slot', %s) ON CONFLICT DO NOTHING", (slot,)
+        )
         log.info("created replication slot %s", slot)
     elif exists[0] != "pgoutput":
         raise CaptureError(f"replication slot {slot} uses plugin {exists[0]}, not pgoutput")
