@@ -187,6 +187,9 @@ def text_converter(types: Mapping[int, TypeInfo], oid: int) -> Converter:
     if loader_cls is None or (info is not None and info.typtype in ("e", "c")):
         return _decode_text
     loader = loader_cls(oid)
+    if oid in _LOADERS_THAT_CANNOT_FAIL:
+        direct: Converter = loader.load  # no wrapper frame per value: the decode hot path (profiled)
+        return direct
 
     def convert(value: Any) -> Any:
         try:
@@ -195,6 +198,10 @@ def text_converter(types: Mapping[int, TypeInfo], oid: int) -> Converter:
             return _decode_text(value)
 
     return convert
+
+
+# Types whose text form from the server always loads (unlike dates and times, where 'infinity' raises).
+_LOADERS_THAT_CANNOT_FAIL = frozenset({16, 17, 19, 20, 21, 23, 25, 26, 114, 700, 701, 1042, 1043, 1700, 2950, 3802})
 
 
 def _decode_text(value: Any) -> Any:

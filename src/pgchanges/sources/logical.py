@@ -72,6 +72,7 @@ class _Transaction:
     xid: int
     commit_lsn: int
     commit_time: datetime
+    commit_text: str  # the commit LSN as text: the position of its changes and the prefix of their ids
     delivered: int = 0
     acked: int = 0
     end_lsn: int | None = None  # known at Commit
@@ -256,32 +257,36 @@ class LogicalSource:
         return out
 
     async def _apply(self, message: Any) -> list[Change] | None:
-        if isinstance(message, Begin):
-            self._current = _Transaction(message.xid, message.final_lsn, message.commit_time)
-            self._seq = 0
-            return None
-        if isinstance(message, Commit):
-            txn, self._current = self._current, None
-            if txn is not None:
-                txn.end_lsn = message.end_lsn
-                if txn.delivered == 0:
-                    self._advance_to(message.end_lsn)
-                else:
-                    self._pending.by_commit[txn.commit_lsn] = txn
-                    self._complete_prefix()
-            return None
-        if isinstance(message, Relation):
-            self._relations[message.oid] = await self._relation(message)
-            return None
-        if isinstance(message, Insert | Update | Delete):
+        kind = type(message)
+        if kind is Insert or kind is Update or kind is Delete:
             return [self._row_change(message)]
-        if isinstance(message, Truncate):
+        if kind is Begin:
+            self._current = _Transaction(
+                message.xid, message.final_lsn, message.commit_time, lsn_to_str(message.final_lsn)
+            )
+            self._seq = 0
+        elif kind is Commit:
+            self._commit(message)
+        elif kind is Relation:
+            self._relations[message.oid] = await self._relation(message)
+        elif kind is Truncate:
             return [self._truncate_change(oid) for oid in message.relation_oids if oid in self._relations]
-        if isinstance(message, LogicalMessage):
+        elif kind is LogicalMessage:
             return [self._message_change(message)]
-        if isinstance(message, StreamStart):
+        elif kind is StreamStart:
             raise CaptureError("streamed transactions were not requested")
         return None
+
+    def _commit(self, message: Commit) -> None:
+        txn, self._current = self._current, None
+        if txn is None:
+            return
+        txn.end_lsn = message.end_lsn
+        if txn.delivered == 0:
+            self._advance_to(message.end_lsn)
+        else:
+            self._pending.by_commit[txn.commit_lsn] = txn
+            self._complete_prefix()
 
     async def _relation(self, message: Relation) -> _Relation:
         oids = {c.type_oid for c in message.columns}
@@ -297,21 +302,19 @@ class LogicalSource:
             message.replica_identity,
         )
 
-    def _values(self, relation: _Relation, data: TupleData) -> dict[str, Any]:
-        row: dict[str, Any] = {}
-        for name, convert, value in zip(relation.names, relation.converters, data.values, strict=False):
-            if value is None or value is UNCHANGED_TOAST:
-                row[name] = value
-            else:
-                row[name] = convert(value)
-        return row
+    @staticmethod
+    def _values(relation: _Relation, data: TupleData) -> dict[str, Any]:
+        return {
+            name: value if value is None or value is UNCHANGED_TOAST else convert(value)
+            for name, convert, value in zip(relation.names, relation.converters, data.values, strict=False)
+        }
 
     def _next_id(self) -> tuple[str, _Transaction | None]:
         txn = self._current
         self._seq += 1
         if txn is not None:
             txn.delivered += 1
-            return f"{lsn_to_str(txn.commit_lsn)}:{self._seq}", txn
+            return f"{txn.commit_text}:{self._seq}", txn
         return f"nontx:{uuid.uuid4().hex}", None
 
     def _row_change(self, message: Insert | Update | Delete) -> Change:
@@ -340,7 +343,7 @@ class LogicalSource:
             changed,
             txn.xid if txn else None,
             txn.commit_time if txn else None,
-            lsn_to_str(txn.commit_lsn) if txn else None,
+            txn.commit_text if txn else None,
             self.name,
         )
 
@@ -357,7 +360,7 @@ class LogicalSource:
             EMPTY,
             txn.xid if txn else None,
             txn.commit_time if txn else None,
-            lsn_to_str(txn.commit_lsn) if txn else None,
+            txn.commit_text if txn else None,
             self.name,
         )
 
@@ -392,14 +395,14 @@ class LogicalSource:
             txn = self._find(commit_text)
             if txn is not None:
                 txn.acked += 1
-            elif self._current is not None and lsn_to_str(self._current.commit_lsn) == commit_text:
+            elif self._current is not None and self._current.commit_text == commit_text:
                 self._current.acked += 1
         self._complete_prefix()
         self._maybe_send_status()
 
     def _find(self, commit_text: str) -> _Transaction | None:
         for txn in self._pending.by_commit.values():
-            if lsn_to_str(txn.commit_lsn) == commit_text:
+            if txn.commit_text == commit_text:
                 return txn
         return None
 
