@@ -28,7 +28,7 @@ def _xid(xid: int | None) -> bytes:
     return b"" if xid is None else struct.pack("!I", xid)
 
 
-def encode(m: p.Message) -> bytes:  # noqa: PLR0911
+def encode(m: p.Message) -> bytes:
     match m:
         case p.Begin():
             return b"B" + struct.pack("!Qq", m.final_lsn, p.pg_micros(m.commit_time)) + struct.pack("!I", m.xid)

@@ -16,7 +16,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import anyio
 from anyio.abc import TaskStatus
@@ -24,8 +24,9 @@ from anyio.abc import TaskStatus
 from pgchanges import conninfo as ci
 from pgchanges.change import Change
 from pgchanges.db.listener import Notification
-from pgchanges.dispatch import Dispatcher, ErrorPolicy
-from pgchanges.names import TableName
+from pgchanges.dispatch import Dispatcher, ErrorPolicy, HandlerFailed
+from pgchanges.errors import ConfigError
+from pgchanges.names import TableName, parse_table
 from pgchanges.routing import Predicate, Router
 from pgchanges.sources.base import DurableSource, Source
 from pgchanges.sources.factory import make_source
@@ -62,13 +63,14 @@ class App:
         self._source_options = source_options
         self._channel_handlers: dict[str, list[NotificationHandler]] = {}
         self._gap_handlers: list[GapHandler] = []
+        self._transaction_handlers: list[tuple[frozenset[TableName] | None, Callable[..., Any]]] = []
         self._stop: anyio.Event | None = None  # created inside the running event loop
         self._stop_requested = False
         self.source: Source | None = None
         self.dispatcher: Dispatcher | None = None
 
     def __repr__(self) -> str:
-        return f"App(source={self.source_kind!r}, {ci.redact(self.conninfo)}, tables={self.router.tables})"
+        return f"App(source={self.source_kind!r}, {ci.redact(self.conninfo)}, tables={self.tables})"
 
     # -- subscriptions -----------------------------------------------------------------------------------
 
@@ -95,10 +97,34 @@ class App:
 
         return decorate
 
+    def on_transaction(self, tables: Iterable[str | TableName] | None = None) -> Callable[[F], F]:
+        """Subscribe the decorated handler to whole transactions: ``handler(changes)`` gets every change of one
+        committed transaction (of ``tables``, or of every subscribed table) at once, all or nothing.
+
+        Needs ``source="logical"`` (the source that sees transaction boundaries). The slot does not pass a
+        transaction before its handler returned, so after a crash the transaction is delivered whole again.
+        A transaction's changes are held in memory until it commits.
+        """
+        chosen = (
+            None if tables is None else frozenset(t if isinstance(t, TableName) else parse_table(t) for t in tables)
+        )
+
+        def decorate(handler: F) -> F:
+            self._transaction_handlers.append((chosen, handler))
+            return handler
+
+        return decorate
+
     def on_gap(self, handler: F) -> F:
         """Call ``handler(change)`` with an ``op="gap"`` change when changes may have been missed."""
         self._gap_handlers.append(handler)
         return handler
+
+    @property
+    def tables(self) -> list[TableName]:
+        """Every table a handler subscribed to (per-change routes and transaction handlers)."""
+        named = [t for chosen, _ in self._transaction_handlers if chosen for t in sorted(chosen)]
+        return list(dict.fromkeys([*self.router.tables, *named]))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -116,7 +142,7 @@ class App:
         source = make_source(
             self.source_kind,
             self.conninfo,
-            self.router.tables,
+            self.tables,
             list(self._channel_handlers),
             auto_install=self._auto_install,
             **self._source_options,
@@ -126,7 +152,7 @@ class App:
         log.info(
             "listening for changes (%s) on %s",
             self.source_kind,
-            ", ".join(str(t) for t in self.router.tables) or "no tables",
+            ", ".join(str(t) for t in self.tables) or "no tables",
         )
         try:
             if isinstance(source, DurableSource):
@@ -147,7 +173,14 @@ class App:
     async def _serve_durable(self, source: DurableSource, task_status: TaskStatus[None]) -> None:
         assert self._stop is not None
         async with anyio.create_task_group() as tg:
-            tg.start_soon(source.serve, self._handle_durable)
+            if self._transaction_handlers and self.source_kind != "logical":
+                raise ConfigError("on_transaction handlers need source='logical'")
+            if self.source_kind == "logical":
+                serve: Any = cast(Any, source).serve
+                on_transaction = self._handle_transaction if self._transaction_handlers else None
+                tg.start_soon(partial(serve, self._handle_with_policy, on_transaction=on_transaction))
+            else:
+                tg.start_soon(source.serve, self._handle_durable)
             task_status.started()
             await self._stop.wait()
             log.info("stopping: finishing the batch in hand")
@@ -164,6 +197,36 @@ class App:
                     await _run_handler(route.handler, route.is_async, args)
             else:
                 await _run_handler(route.handler, route.is_async, args)
+
+    async def _handle_with_policy(self, change: Change, tx: Any) -> None:
+        """For sources without retries (logical): a failing handler follows the App's ``on_error`` policy."""
+        try:
+            await self._handle_durable(change, tx)
+        except Exception as exc:
+            if self._on_error == "stop":
+                raise HandlerFailed(f"a handler failed for change {change.id}: {exc!r}") from exc
+            if callable(self._on_error):
+                self._on_error(change, exc)
+            else:
+                log.error(
+                    "a handler failed for change %s (%s %s): %s: %s",
+                    change.id,
+                    change.op,
+                    change.qualified_table,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
+
+    async def _handle_transaction(self, changes: list[Change]) -> None:
+        for tables, handler in self._transaction_handlers:
+            picked = [
+                c
+                for c in changes
+                if tables is None or (c.schema is not None and TableName(c.schema, c.table or "") in tables)
+            ]
+            if picked:
+                await _call_safely(handler, picked, f"transaction {picked[0].xid}")
 
     async def _consume(self, source: Source, dispatcher: Dispatcher, scope: anyio.CancelScope) -> None:
         async for batch in source.batches():

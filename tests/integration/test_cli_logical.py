@@ -7,8 +7,9 @@ from tests.cli_process import Running, run
 
 
 def tail(dsn, *extra):
-    proc = Running("tail", "orders", "--source", "logical", "--slot", "cli_slot", "--format", "json",
-                   "--dsn", dsn, *extra)
+    proc = Running(
+        "tail", "orders", "--source", "logical", "--slot", "cli_slot", "--format", "json", "--dsn", dsn, *extra
+    )
     proc.wait_stderr("-- tailing")
     return proc
 

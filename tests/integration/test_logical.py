@@ -16,9 +16,9 @@ def logical(dsn, tables, **options):
 
 
 def confirmed_lsn(db, slot):
-    return db.execute(
-        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-    ).fetchone()[0]
+    return db.execute("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()[
+        0
+    ]
 
 
 async def test_named_slot_resumes_after_the_last_acknowledgement(dsn, db):
@@ -99,14 +99,13 @@ async def test_schema_changes_mid_stream(dsn, db):
 
 async def test_idle_slot_follows_the_server_while_other_tables_write(dsn, db):
     db.execute("CREATE TABLE watched (id int); CREATE TABLE busy (id int)")
-    async with logical(dsn, ["watched"], slot="idle") as changes:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(take, changes, 1, 60)  # keeps reading (and answering keepalives)
-            for i in range(200):
-                db.execute("INSERT INTO busy VALUES (%s)", (i,))
-            target = db.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
-            await wait_until(lambda: confirmed_lsn(db, "idle") >= target, "the idle slot to advance", 20)
-            tg.cancel_scope.cancel()
+    async with logical(dsn, ["watched"], slot="idle") as changes, anyio.create_task_group() as tg:
+        tg.start_soon(take, changes, 1, 60)  # keeps reading (and answering keepalives)
+        for i in range(200):
+            db.execute("INSERT INTO busy VALUES (%s)", (i,))
+        target = db.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        await wait_until(lambda: confirmed_lsn(db, "idle") >= target, "the idle slot to advance", 20)
+        tg.cancel_scope.cancel()
 
 
 async def test_consumer_keeps_going_across_a_server_restart():
@@ -141,3 +140,56 @@ async def test_postgresql_16_from_pgserver():
                 [change] = await take(changes, 1)
                 await changes.ack(change)
     assert change.new == {"id": 1, "v": {"a": [1, 2]}}
+
+
+async def test_transaction_handlers_get_whole_transactions(dsn, db):
+    db.execute("CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY)")
+    app = pgchanges.App(dsn, source="logical", slot="txns", batch_size=3)
+    whole, only_b, single = [], [], []
+    app.on_transaction()(lambda changes: whole.append([(c.table, c.op) for c in changes]))
+    app.on_transaction(tables=["b"])(lambda changes: only_b.append(len(changes)))
+    app.on("a", ops="insert")(lambda change: single.append(change.new["id"]))
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.serve)
+        with db.transaction():
+            db.execute("INSERT INTO a SELECT generate_series(1, 5)")  # more than one batch
+            db.execute("INSERT INTO b VALUES (1)")
+            db.execute("DELETE FROM a WHERE id = 5")
+        db.execute("INSERT INTO b VALUES (2)")
+        await wait_until(lambda: len(whole) == 2, "two transactions")
+        app.stop()
+    assert whole[0] == [("a", "insert")] * 5 + [("b", "insert"), ("a", "delete")]
+    assert whole[1] == [("b", "insert")]
+    assert only_b == [1, 1]
+    assert single == [1, 2, 3, 4, 5]
+
+
+async def test_a_failing_handler_is_logged_and_the_stream_goes_on(dsn, db, caplog):
+    db.execute("CREATE TABLE a (id int PRIMARY KEY)")
+    app = pgchanges.App(dsn, source="logical", slot="failing")
+    seen = []
+
+    @app.on("a")
+    def handler(change):
+        if change.new["id"] == 1:
+            raise ValueError("bad row")
+        seen.append(change.new["id"])
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.serve)
+        db.execute("INSERT INTO a VALUES (1)")
+        db.execute("INSERT INTO a VALUES (2)")
+        await wait_until(lambda: seen == [2], "the change after the failing one")
+        app.stop()
+    assert any("bad row" in r.getMessage() and "failed for change" in r.getMessage() for r in caplog.records)
+
+
+async def test_transaction_handlers_need_the_logical_source(dsn, db):
+    db.execute("CREATE TABLE a (id int)")
+    app = pgchanges.App(dsn, source="outbox", consumer="c")
+    app.on("a")(lambda change: None)
+    app.on_transaction()(lambda changes: None)
+    with pytest.raises(BaseException) as info:
+        async with anyio.create_task_group() as tg:
+            await tg.start(app.serve)
+    assert "need source='logical'" in repr(info.value)

@@ -1,5 +1,6 @@
 """The pgoutput decoder: every message kind round-trips through a test encoder; bad bytes raise DecodeError."""
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,8 +22,9 @@ tuples = st.lists(values, max_size=6).map(lambda vs: p.TupleData(tuple(vs)))
 binary_tuples = st.lists(st.binary(max_size=10), min_size=1, max_size=4).map(
     lambda vs: p.TupleData(tuple(vs), tuple(i % 2 == 0 for i in range(len(vs))))
 )
-columns = st.builds(p.Column, name=names, type_oid=u32, type_modifier=st.integers(-(2**31), 2**31 - 1),
-                    is_key=st.booleans())
+columns = st.builds(
+    p.Column, name=names, type_oid=u32, type_modifier=st.integers(-(2**31), 2**31 - 1), is_key=st.booleans()
+)
 
 
 def in_stream(xid_strategy):
@@ -31,17 +33,29 @@ def in_stream(xid_strategy):
 
 
 row_messages = st.one_of(
-    st.builds(p.Relation, xid=in_stream(u32), oid=u32, namespace=names, name=names,
-              replica_identity=st.sampled_from("dnfi"), columns=st.lists(columns, max_size=5).map(tuple)),
+    st.builds(
+        p.Relation,
+        xid=in_stream(u32),
+        oid=u32,
+        namespace=names,
+        name=names,
+        replica_identity=st.sampled_from("dnfi"),
+        columns=st.lists(columns, max_size=5).map(tuple),
+    ),
     st.builds(p.Type, xid=in_stream(u32), oid=u32, namespace=names, name=names),
     st.builds(p.Insert, xid=in_stream(u32), relation_oid=u32, new=st.one_of(tuples, binary_tuples)),
     st.builds(p.Update, xid=in_stream(u32), relation_oid=u32, old_kind=st.none(), old=st.none(), new=tuples),
-    st.builds(p.Update, xid=in_stream(u32), relation_oid=u32, old_kind=st.sampled_from("KO"), old=tuples,
-              new=tuples),
+    st.builds(p.Update, xid=in_stream(u32), relation_oid=u32, old_kind=st.sampled_from("KO"), old=tuples, new=tuples),
     st.builds(p.Delete, xid=in_stream(u32), relation_oid=u32, old_kind=st.sampled_from("KO"), old=tuples),
     st.builds(p.Truncate, xid=in_stream(u32), options=st.integers(0, 3), relation_oids=st.lists(u32).map(tuple)),
-    st.builds(p.LogicalMessage, xid=in_stream(u32), transactional=st.booleans(), lsn=u64, prefix=names,
-              content=st.binary(max_size=100)),
+    st.builds(
+        p.LogicalMessage,
+        xid=in_stream(u32),
+        transactional=st.booleans(),
+        lsn=u64,
+        prefix=names,
+        content=st.binary(max_size=100),
+    ),
 )
 plain_messages = st.one_of(
     st.builds(p.Begin, final_lsn=u64, commit_time=times, xid=u32),
@@ -70,10 +84,8 @@ def test_transaction_messages_round_trip(message):
 
 @given(st.binary(max_size=60))
 def test_arbitrary_bytes_decode_or_raise_decode_error(data):
-    try:
+    with contextlib.suppress(DecodeError):
         p.Decoder().decode(data)
-    except DecodeError:
-        pass
 
 
 @pytest.mark.parametrize("data", [b"", b"Z", b"B\x00", b"I\x00\x00\x00\x01X", b"R\x00\x00\x00\x01abc"])
@@ -84,7 +96,7 @@ def test_bad_bytes_raise_a_clear_error(data):
 
 def test_truncated_tuple_is_an_error():
     message = encode(p.Insert(None, 1, p.TupleData((b"hello",))))
-    with pytest.raises(DecodeError, match="ends after|does not fit"):
+    with pytest.raises(DecodeError, match=r"ends after|does not fit"):
         p.Decoder().decode(message[:-2])
 
 

@@ -73,6 +73,7 @@ class _Transaction:
     commit_lsn: int
     commit_time: datetime
     commit_text: str  # the commit LSN as text: the position of its changes and the prefix of their ids
+    changes: list[Change] | None = None  # kept only for transaction handlers
     delivered: int = 0
     acked: int = 0
     end_lsn: int | None = None  # known at Commit
@@ -139,6 +140,9 @@ class LogicalSource:
         self._last_status = 0.0
         self._stopping = False
         self._wait_scope: anyio.CancelScope | None = None
+        self._collect = False  # keep each transaction's changes for transaction handlers
+        self._emitted = 0  # changes emitted so far, to know when a whole transaction was dispatched
+        self._completed: list[tuple[int, list[Change]]] = []  # (number of its last change, its changes)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -258,35 +262,53 @@ class LogicalSource:
 
     async def _apply(self, message: Any) -> list[Change] | None:
         kind = type(message)
-        if kind is Insert or kind is Update or kind is Delete:
-            return [self._row_change(message)]
         if kind is Begin:
             self._current = _Transaction(
-                message.xid, message.final_lsn, message.commit_time, lsn_to_str(message.final_lsn)
+                message.xid,
+                message.final_lsn,
+                message.commit_time,
+                lsn_to_str(message.final_lsn),
+                [] if self._collect else None,
             )
             self._seq = 0
-        elif kind is Commit:
+            return None
+        if kind is Commit:
             self._commit(message)
-        elif kind is Relation:
+            return None
+        if kind is Relation:
             self._relations[message.oid] = await self._relation(message)
-        elif kind is Truncate:
-            return [self._truncate_change(oid) for oid in message.relation_oids if oid in self._relations]
-        elif kind is LogicalMessage:
-            return [self._message_change(message)]
-        elif kind is StreamStart:
-            raise CaptureError("streamed transactions were not requested")
-        return None
+            return None
+        changes = self._changes_of(message)
+        current = self._current
+        if changes and current is not None and current.changes is not None:
+            current.changes.extend(changes)
+        return changes
 
     def _commit(self, message: Commit) -> None:
         txn, self._current = self._current, None
         if txn is None:
             return
         txn.end_lsn = message.end_lsn
+        if txn.changes:
+            self._completed.append((self._emitted, txn.changes))
+            txn.changes = None
         if txn.delivered == 0:
             self._advance_to(message.end_lsn)
         else:
             self._pending.by_commit[txn.commit_lsn] = txn
             self._complete_prefix()
+
+    def _changes_of(self, message: Any) -> list[Change] | None:
+        kind = type(message)
+        if kind is Insert or kind is Update or kind is Delete:
+            return [self._row_change(message)]
+        if kind is Truncate:
+            return [self._truncate_change(oid) for oid in message.relation_oids if oid in self._relations]
+        if kind is LogicalMessage:
+            return [self._message_change(message)]
+        if kind is StreamStart:
+            raise CaptureError("streamed transactions were not requested")
+        return None
 
     async def _relation(self, message: Relation) -> _Relation:
         oids = {c.type_oid for c in message.columns}
@@ -312,6 +334,7 @@ class LogicalSource:
     def _next_id(self) -> tuple[str, _Transaction | None]:
         txn = self._current
         self._seq += 1
+        self._emitted += 1
         if txn is not None:
             txn.delivered += 1
             return f"{txn.commit_text}:{self._seq}", txn
@@ -431,20 +454,37 @@ class LogicalSource:
 
     # -- App path ------------------------------------------------------------------------------------------
 
-    async def serve(self, handle: Callable[[Change, Any], Awaitable[None]]) -> None:
+    async def serve(
+        self,
+        handle: Callable[[Change, Any], Awaitable[None]],
+        on_transaction: Callable[[list[Change]], Awaitable[None]] | None = None,
+    ) -> None:
         """Run handlers in commit order; acknowledge each change once its handlers returned.
 
-        A handler that raises is logged with the change id; the change is acknowledged all the same (use the
-        outbox source for retries). With ``App(on_error="stop")`` the App stops without acknowledging, and
-        the change is delivered again after a restart.
+        ``on_transaction`` gets every change of a transaction at once, after its commit and after the
+        per-change handlers of its last change; the slot does not pass the transaction before it returned.
+        A handler that raises is logged with the change id and the change is acknowledged all the same (use
+        the outbox source for retries); with ``App(on_error="stop")`` the App stops without acknowledging,
+        and the change is delivered again after a restart.
         """
+        self._collect = on_transaction is not None
+        dispatched = 0
         async for batch in self.batches():
             for event in batch:
                 if isinstance(event, Change) and event.op != "gap":
                     await handle(event, None)
+            dispatched += sum(1 for e in batch if isinstance(e, Change) and _numbered(e))
+            if on_transaction is not None:
+                while self._completed and self._completed[0][0] <= dispatched:
+                    await on_transaction(self._completed.pop(0)[1])
             await self.ack([e for e in batch if isinstance(e, Change)])
             if self._stopping:
                 return
+
+
+def _numbered(change: Change) -> bool:
+    """Whether the change took a number from ``_next_id`` (everything but gaps and non-transactional messages)."""
+    return change.op != "gap" and not change.id.startswith("message:")
 
 
 def ensure_publication(
