@@ -78,6 +78,23 @@ class ReplicationStream:
         )
         await anyio.to_thread.run_sync(self.connection.execute, statement)
 
+    async def create_slot_with_snapshot(self, slot: str, *, temporary: bool) -> tuple[str, str]:
+        """Create ``slot`` and export a snapshot of its start point; returns (consistent point, snapshot name).
+
+        The snapshot stays usable (``SET TRANSACTION SNAPSHOT``) until this connection runs another command.
+        """
+        statement = sql.SQL("CREATE_REPLICATION_SLOT {} {} LOGICAL pgoutput (SNAPSHOT 'export')").format(
+            sql.Identifier(check_slot_name(slot)), sql.SQL("TEMPORARY" if temporary else "")
+        )
+
+        def create() -> tuple[str, str]:
+            row = self.connection.execute(statement).fetchone()
+            if row is None:
+                raise ReplicationLost("CREATE_REPLICATION_SLOT returned nothing")
+            return str(row[1]), str(row[2])
+
+        return await anyio.to_thread.run_sync(create)
+
     async def start(self, slot: str, publications: list[str], start_lsn: int = 0, *, messages: bool = True) -> None:
         """START_REPLICATION from ``start_lsn`` (0: the slot's confirmed position)."""
         conn = self.connection

@@ -50,6 +50,7 @@ from pgchanges.pgoutput import (
     lsn_to_str,
 )
 from pgchanges.rowtypes import Converter, fetch_type_info, text_converter
+from pgchanges.sources import snapshot as snapshot_mod
 from pgchanges.sources.base import Backoff, Event, gap_marker
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class LogicalSource:
         replica_identity_full: bool = False,
         backoff: Backoff = Backoff(),  # noqa: B008 - immutable
         retained_warning_bytes: int = RETAINED_WARNING_BYTES,
+        snapshot: bool = False,
     ) -> None:
         if channels:
             raise ConfigError("plain NOTIFY channels (on_notify) need source='notify'")
@@ -143,6 +145,12 @@ class LogicalSource:
         self._collect = False  # keep each transaction's changes for transaction handlers
         self._emitted = 0  # changes emitted so far, to know when a whole transaction was dispatched
         self._completed: list[tuple[int, list[Change]]] = []  # (number of its last change, its changes)
+        self._want_snapshot = snapshot
+        self._snapshot_plan: list[snapshot_mod.TableSnapshot] = []
+        self._snapshot_name: str | None = None  # exported with the slot; None: read a fresh snapshot
+        self._snapshot_position = ""
+        self._snapshot_counts: dict[int, list[int]] = {}  # table oid -> [delivered, acked]
+        self._snapshot_reading: set[int] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -168,7 +176,22 @@ class LogicalSource:
             raise NotInstalled(f"logical capture is not installed; run `pgchanges install {names} --source logical`")
         try:
             ensure_publication(conn, self.publication, self._tables, oids, self._replica_identity_full)
-            if not self.temporary:
+            slot_exists = conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (self.slot,)
+            ).fetchone()
+            if self._want_snapshot and not self.temporary and slot_exists:
+                if snapshot_mod.pending_slots(conn, self.slot):
+                    self._snapshot_plan = snapshot_mod.plan(conn, self.slot, self._tables)
+                    log.info("resuming the interrupted snapshot of slot %s", self.slot)
+                else:
+                    log.info("slot %s exists; its snapshot is done (or was never taken)", self.slot)
+            elif self._want_snapshot:
+                # a new slot: progress left by an earlier slot of the same name means nothing now
+                conn.execute("DELETE FROM pgchanges.snapshot_progress WHERE slot = %s", (self.slot,))
+                self._snapshot_plan = snapshot_mod.plan(conn, self.slot, self._tables)
+                if not self.temporary:
+                    snapshot_mod.start_progress(conn, self.slot, self._snapshot_plan)
+            if not self.temporary and not self._snapshot_plan:
                 ensure_slot(conn, self.slot)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise PermissionDenied(
@@ -193,12 +216,76 @@ class LogicalSource:
 
     async def _start_stream(self) -> None:
         await self._stream.open()
-        if self.temporary:
+        fresh_slot = self._snapshot_plan and (self.temporary or self._snapshot_plan[0].last_key is None)
+        if fresh_slot and not await self._slot_exists():
+            position, self._snapshot_name = await self._stream.create_slot_with_snapshot(
+                self.slot, temporary=self.temporary
+            )
+            self._snapshot_position = position
+            if not self.temporary:
+                await anyio.to_thread.run_sync(self._remember_slot)
+            return  # replication starts once the snapshot has been read
+        if self.temporary and not self._snapshot_plan:
             await self._stream.create_temporary_slot(self.slot)
+        if self._snapshot_plan:
+            return
         await self._stream.start(self.slot, [self.publication])
         self._decoder = Decoder()
         self._pending = _Pending()
         self._current = None
+
+    async def _slot_exists(self) -> bool:
+        assert self._control is not None
+        row = await anyio.to_thread.run_sync(
+            lambda: self._control.execute(  # type: ignore[union-attr]
+                "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (self.slot,)
+            ).fetchone()
+        )
+        return row is not None
+
+    def _remember_slot(self) -> None:
+        assert self._control is not None
+        self._control.execute(
+            "INSERT INTO pgchanges.logical_objects (kind, name) VALUES ('slot', %s) ON CONFLICT DO NOTHING",
+            (self.slot,),
+        )
+
+    async def _snapshot_batches(self) -> AsyncIterator[list[Event]]:
+        """The tables' rows as of the slot's start point (or, resuming, as of now), page by page."""
+        reader = await connect_async(self._conninfo, autocommit=False)
+        try:
+            await anyio.to_thread.run_sync(self._begin_snapshot, reader)
+            for item in self._snapshot_plan:
+                self._snapshot_counts[item.oid] = [0, 0]
+                self._snapshot_reading.add(item.oid)
+                pages = snapshot_mod.read_pages(reader, item)
+                while (page := await anyio.to_thread.run_sync(next, pages, None)) is not None:
+                    self._snapshot_counts[item.oid][0] += len(page)
+                    yield [snapshot_mod.to_change(self.slot, item, row, self._snapshot_position) for row in page]
+                self._snapshot_reading.discard(item.oid)
+                await self._record_snapshot(item.oid, None)
+            await anyio.to_thread.run_sync(reader.commit)
+        finally:
+            await close_async(reader)
+        self._snapshot_plan = []
+        self._snapshot_name = None
+        await self._stream.start(self.slot, [self.publication])
+
+    def _begin_snapshot(self, reader: psycopg.Connection[Any]) -> None:
+        reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        if self._snapshot_name:
+            reader.execute("SET TRANSACTION SNAPSHOT %s" % sql.quote(self._snapshot_name))  # noqa: UP031
+        if not self._snapshot_position:
+            row = reader.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            self._snapshot_position = str(row[0]) if row else ""
+
+    async def _record_snapshot(self, oid: int, last_key: list[Any] | None) -> None:
+        if self.temporary or self._control is None:
+            return
+        delivered, acked = self._snapshot_counts.get(oid, [0, 0])
+        done = oid not in self._snapshot_reading and acked >= delivered
+        control = self._control
+        await anyio.to_thread.run_sync(snapshot_mod.record, control, self.slot, oid, last_key, done)
 
     async def close(self) -> None:
         if self._control is not None and not self._control.closed and self._flushed:
@@ -216,6 +303,9 @@ class LogicalSource:
     # -- reading -------------------------------------------------------------------------------------------
 
     async def batches(self) -> AsyncIterator[list[Event]]:
+        if self._snapshot_plan:
+            async for page in self._snapshot_batches():
+                yield page
         failures = 0
         while not self._stopping:
             try:
@@ -411,8 +501,14 @@ class LogicalSource:
 
     async def ack(self, changes: Sequence[Change]) -> None:
         """Mark ``changes`` handled; the slot advances past every transaction that is handled completely."""
+        snapshot_keys: dict[int, list[Any] | None] = {}
         for change in changes:
             commit_text, _, _ = change.id.partition(":")
+            if commit_text == "snapshot":
+                oid = int(change.id.split(":")[2])
+                self._snapshot_counts.setdefault(oid, [0, 0])[1] += 1
+                snapshot_keys[oid] = (change.extra or {}).get("key")
+                continue
             if commit_text in ("nontx", "message", "gap"):
                 continue
             txn = self._find(commit_text)
@@ -420,8 +516,11 @@ class LogicalSource:
                 txn.acked += 1
             elif self._current is not None and self._current.commit_text == commit_text:
                 self._current.acked += 1
-        self._complete_prefix()
-        self._maybe_send_status()
+        for oid, key in snapshot_keys.items():
+            await self._record_snapshot(oid, key)
+        if not snapshot_keys:
+            self._complete_prefix()
+            self._maybe_send_status()
 
     def _find(self, commit_text: str) -> _Transaction | None:
         for txn in self._pending.by_commit.values():
