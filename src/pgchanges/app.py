@@ -186,17 +186,21 @@ class App:
             log.info("stopping: finishing the batch in hand")
             source.stop()
 
-    async def _handle_durable(self, change: Change, tx: Transaction) -> None:
-        """Run every matching handler; an exception makes the source retry the change."""
+    async def _handle_durable(self, change: Change, tx: Transaction | None) -> None:
+        """Run every matching handler; an exception makes the source retry the change (outbox)."""
         for route in self.router.routes_for(change):
             if route.where is not None and not route.where(change):
                 continue
-            args = (change, tx) if route.wants_transaction else (change,)
             if route.wants_transaction:
+                if tx is None:
+                    await _run_handler(route.handler, route.is_async, (change, None))
+                    continue
                 async with tx.savepoint():
-                    await _run_handler(route.handler, route.is_async, args)
+                    await _run_handler(route.handler, route.is_async, (change, tx))
+            elif route.is_async:
+                await route.handler(change)
             else:
-                await _run_handler(route.handler, route.is_async, args)
+                await anyio.to_thread.run_sync(route.handler, change, abandon_on_cancel=True)
 
     async def _handle_with_policy(self, change: Change, tx: Any) -> None:
         """For sources without retries (logical): a failing handler follows the App's ``on_error`` policy."""

@@ -276,6 +276,7 @@ class _Reader:
         """Column values of one row. The hot path of decoding: written without helper calls (profiled)."""
         data, pos, size = self.data, self.pos, len(self.data)
         values: list[ColumnValue] = []
+        append, length_at = values.append, _I32.unpack_from
         binary: list[bool] | None = None
         try:
             (count,) = _I16.unpack_from(data, pos)
@@ -286,18 +287,18 @@ class _Reader:
                 kind = data[pos]
                 pos += 1
                 if kind == 116 or kind == 98:  # noqa: PLR1714 - "t" text, "b" binary
-                    (length,) = _I32.unpack_from(data, pos)
+                    (length,) = length_at(data, pos)
                     start, pos = pos + 4, pos + 4 + length
                     if length < 0 or pos > size:
                         raise DecodeError(f"column {index} of {length} bytes does not fit the message")
-                    values.append(data[start:pos])
+                    append(data[start:pos])
                     if kind == 98:
                         binary = binary or [False] * count
                         binary[index] = True
                 elif kind == 110:  # "n" null
-                    values.append(None)
+                    append(None)
                 elif kind == 117:  # "u" unchanged TOAST
-                    values.append(UNCHANGED_TOAST)
+                    append(UNCHANGED_TOAST)
                 else:
                     raise DecodeError(f"unknown tuple value kind {chr(kind)!r}")
         except (struct.error, IndexError):

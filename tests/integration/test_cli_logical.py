@@ -48,3 +48,21 @@ def test_temporary_slot_tail_leaves_no_slot(dsn, db):
     assert "insert" in proc.lines(1)[0]
     assert proc.finish() == 0
     assert db.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
+
+
+def test_consumer_killed_mid_transaction_gets_the_whole_transaction_again(dsn, db):
+    db.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    run("install", "orders", "--source", "logical", "--slot", "cli_slot", "--dsn", dsn)
+    victim = tail(dsn)
+    db.execute("INSERT INTO orders SELECT generate_series(1, 5)")  # one transaction of five rows
+    printed = [Change.from_json(x) for x in victim.lines(3)]  # acknowledged after printing, mid-transaction
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.finish()
+    survivor = tail(dsn, "--count", "5")
+    again = [Change.from_json(x) for x in survivor.lines(5)]
+    assert survivor.finish() == 0
+    # the slot only moves past a transaction once all of it is acknowledged: nothing lost, and what is
+    # repeated is exactly the unfinished transaction, with the same ids
+    assert [c.new["id"] for c in again] == [1, 2, 3, 4, 5]
+    assert [c.id for c in again[:3]] == [c.id for c in printed]
+    assert len({c.xid for c in again}) == 1

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -337,6 +338,7 @@ class LogicalSource:
 
     async def _handle(self, messages: list[Any]) -> list[Event]:
         out: list[Event] = []
+        decode = self._decoder.decode
         for message in messages:
             if isinstance(message, Keepalive):
                 if not self._pending and self._current is None and message.wal_end > self._flushed:
@@ -344,7 +346,10 @@ class LogicalSource:
                 if message.reply_requested:
                     self._send_status()
                 continue
-            decoded = self._decoder.decode(message.payload)
+            decoded = decode(message.payload)
+            if type(decoded) is Insert and self._current is not None and self._current.changes is None:
+                out.append(self._insert_change(decoded, self._current))  # the common case, without detours
+                continue
             change = await self._apply(decoded)
             if change is not None:
                 out.extend(change)
@@ -458,6 +463,29 @@ class LogicalSource:
             txn.commit_time if txn else None,
             txn.commit_text if txn else None,
             self.name,
+        )
+
+    def _insert_change(self, message: Insert, txn: _Transaction) -> Change:
+        relation = self._relations[message.relation_oid]
+        self._seq += 1
+        self._emitted += 1
+        txn.delivered += 1
+        new = {
+            name: value if value is None or value is UNCHANGED_TOAST else convert(value)
+            for name, convert, value in zip(relation.names, relation.converters, message.new.values, strict=False)
+        }
+        return Change(
+            f"{txn.commit_text}:{self._seq}",
+            "insert",
+            relation.schema,
+            relation.table,
+            MappingProxyType(new),
+            None,
+            EMPTY,
+            txn.xid,
+            txn.commit_time,
+            txn.commit_text,
+            "logical",
         )
 
     def _truncate_change(self, oid: int) -> Change:
