@@ -1,6 +1,7 @@
 """Logical capture from the terminal: install, resumable tail on a named slot, slots."""
 
 import signal
+import time
 
 from pgchanges.change import Change
 from tests.cli_process import Running, run
@@ -50,19 +51,41 @@ def test_temporary_slot_tail_leaves_no_slot(dsn, db):
     assert db.execute("SELECT count(*) FROM pg_replication_slots").fetchone()[0] == 0
 
 
-def test_consumer_killed_mid_transaction_gets_the_whole_transaction_again(dsn, db):
+WORKER = """
+import os, signal
+import pgchanges
+
+app = pgchanges.App({dsn!r}, source="logical", slot="killed")
+out = open({path!r}, "a", buffering=1)
+
+@app.on("public.orders")
+async def handle(change):
+    out.write(f"{{change.id}} {{change.new['id']}}\\n")
+    if {kill!r} and change.new["id"] == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_consumer_killed_mid_transaction_gets_the_whole_transaction_again(dsn, db, tmp_path):
     db.execute("CREATE TABLE orders (id int PRIMARY KEY)")
-    run("install", "orders", "--source", "logical", "--slot", "cli_slot", "--dsn", dsn)
-    victim = tail(dsn)
-    db.execute("INSERT INTO orders SELECT generate_series(1, 5)")  # one transaction of five rows
-    printed = [Change.from_json(x) for x in victim.lines(3)]  # acknowledged after printing, mid-transaction
-    victim.proc.send_signal(signal.SIGKILL)
-    victim.finish()
-    survivor = tail(dsn, "--count", "5")
-    again = [Change.from_json(x) for x in survivor.lines(5)]
-    assert survivor.finish() == 0
-    # the slot only moves past a transaction once all of it is acknowledged: nothing lost, and what is
-    # repeated is exactly the unfinished transaction, with the same ids
-    assert [c.new["id"] for c in again] == [1, 2, 3, 4, 5]
-    assert [c.id for c in again[:3]] == [c.id for c in printed]
-    assert len({c.xid for c in again}) == 1
+    run("install", "orders", "--source", "logical", "--slot", "killed", "--dsn", dsn)
+    results = {}
+    for name, kill in (("victim", True), ("survivor", False)):
+        (tmp_path / f"{name}.py").write_text(WORKER.format(dsn=dsn, path=str(tmp_path / f"{name}.out"), kill=kill))
+        worker = Running("run", f"{name}:app", "-v", cwd=tmp_path)
+        worker.wait_stderr("listening for changes")
+        if kill:
+            db.execute("INSERT INTO orders SELECT generate_series(1, 5)")  # one transaction of five rows
+            assert worker.finish() == -9
+        else:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len((tmp_path / "survivor.out").read_text().split("\n")) < 6:
+                time.sleep(0.1)
+            worker.proc.terminate()
+            assert worker.finish() == 0
+        results[name] = [line.split() for line in (tmp_path / f"{name}.out").read_text().splitlines()]
+    assert [int(n) for _, n in results["victim"]] == [1, 2, 3]
+    # the slot only moves past a transaction once all of it is handled: the killed consumer's transaction
+    # comes again whole, with the same ids
+    assert [int(n) for _, n in results["survivor"]] == [1, 2, 3, 4, 5]
+    assert [i for i, _ in results["survivor"][:3]] == [i for i, _ in results["victim"]]
