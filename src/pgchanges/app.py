@@ -15,8 +15,10 @@ import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import timedelta
 from functools import partial
 from typing import Any, Literal, TypeVar, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio
 from anyio.abc import TaskStatus
@@ -27,6 +29,7 @@ from pgchanges.db.listener import Notification
 from pgchanges.dispatch import Dispatcher, ErrorPolicy, HandlerFailed
 from pgchanges.errors import ConfigError
 from pgchanges.names import TableName, parse_table
+from pgchanges.periodic import MissedPolicy, PeriodicTask, Schedule, Scheduler, parse_interval
 from pgchanges.routing import Predicate, Router
 from pgchanges.sources.base import DurableSource, Source
 from pgchanges.sources.factory import make_source
@@ -64,9 +67,11 @@ class App:
         self._channel_handlers: dict[str, list[NotificationHandler]] = {}
         self._gap_handlers: list[GapHandler] = []
         self._transaction_handlers: list[tuple[frozenset[TableName] | None, Callable[..., Any]]] = []
+        self._periodic: list[PeriodicTask] = []
         self._stop: anyio.Event | None = None  # created inside the running event loop
         self._stop_requested = False
         self.source: Source | None = None
+        self.scheduler: Scheduler | None = None
         self.dispatcher: Dispatcher | None = None
 
     def __repr__(self) -> str:
@@ -115,6 +120,40 @@ class App:
 
         return decorate
 
+    def every(
+        self, interval: str | float | timedelta, *, name: str | None = None, missed: MissedPolicy = "once"
+    ) -> Callable[[F], F]:
+        """Run the decorated function every ``interval`` ("30s", "5m", "2h", "1d"), once across all workers.
+
+        Runs are aligned to multiples of the interval. The function may take the scheduled time as argument.
+        ``missed``: what to do about periods missed while every worker was down ("once", "all", "skip").
+        """
+        schedule = Schedule(interval=parse_interval(interval))
+        return self._periodic_decorator(schedule, name, missed)
+
+    def cron(
+        self, expression: str, *, tz: str = "UTC", name: str | None = None, missed: MissedPolicy = "once"
+    ) -> Callable[[F], F]:
+        """Run the decorated function on a cron schedule (in time zone ``tz``), once across all workers."""
+        try:
+            zone = ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"unknown time zone {tz!r}") from None
+        return self._periodic_decorator(Schedule(cron=expression, tz=zone), name, missed)
+
+    def _periodic_decorator(self, schedule: Schedule, name: str | None, missed: MissedPolicy) -> Callable[[F], F]:
+        if missed not in ("once", "all", "skip"):
+            raise ConfigError(f"missed must be 'once', 'all' or 'skip', not {missed!r}")
+
+        def decorate(func: F) -> F:
+            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            if any(t.name == task_name for t in self._periodic):
+                raise ConfigError(f"a periodic task named {task_name!r} exists already")
+            self._periodic.append(PeriodicTask(task_name, schedule, func, missed))
+            return func
+
+        return decorate
+
     def on_gap(self, handler: F) -> F:
         """Call ``handler(change)`` with an ``op="gap"`` change when changes may have been missed."""
         self._gap_handlers.append(handler)
@@ -139,6 +178,24 @@ class App:
         self._stop = anyio.Event()
         if self._stop_requested:
             self._stop.set()
+        async with anyio.create_task_group() as outer:
+            if self._periodic:
+                self.scheduler = Scheduler(self.conninfo, self._periodic)
+                outer.start_soon(self.scheduler.run)
+            try:
+                if self.tables or self._channel_handlers:
+                    await self._serve_changes(task_status)
+                elif self._periodic:
+                    log.info("running %d periodic task(s)", len(self._periodic))
+                    task_status.started()
+                    await self._stop.wait()
+                else:
+                    raise ConfigError("nothing to serve: add a handler (@app.on, @app.on_notify) or a periodic task")
+            finally:
+                outer.cancel_scope.cancel()
+
+    async def _serve_changes(self, task_status: TaskStatus[None]) -> None:
+        assert self._stop is not None
         source = make_source(
             self.source_kind,
             self.conninfo,
