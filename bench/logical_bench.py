@@ -123,8 +123,13 @@ def peak_rss_mb(conninfo: str, rows: int) -> float:
         conn.execute(
             "INSERT INTO bench_events SELECT g, 0, repeat('v', 40), g * 1.5 FROM generate_series(1, %s) g", (rows,)
         )
-    out = subprocess.run([sys.executable, "-c", RSS_CONSUMER, conninfo, str(rows)], capture_output=True,
-                         text=True, check=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", RSS_CONSUMER, conninfo, str(rows)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
@@ -168,32 +173,41 @@ def main() -> None:
         version = cluster.version
 
     data = {
-        "benchmark": "logical", "postgres": version, "backend": args.backend, "machine": machine(),
-        "throughput": {"rows": args.rows, "raw_per_s": round(raw_rate), "app_per_s": round(app_rate),
-                       "ratio": round(app_rate / raw_rate, 3), "raw_rounds": [round(x) for x in raw_rates],
-                       "app_rounds": [round(x) for x in app_rates]},
+        "benchmark": "logical",
+        "postgres": version,
+        "backend": args.backend,
+        "machine": machine(),
+        "throughput": {
+            "rows": args.rows,
+            "raw_per_s": round(raw_rate),
+            "app_per_s": round(app_rate),
+            "ratio": round(app_rate / raw_rate, 3),
+            "raw_rounds": [round(x) for x in raw_rates],
+            "app_rounds": [round(x) for x in app_rates],
+        },
         "latency_at_1000_per_s": latency_summary(lat),
-        "peak_rss_mb_500k_row_transaction": round(rss, 1), "rss_rows": args.rss_rows,
+        "peak_rss_mb_500k_row_transaction": round(rss, 1),
+        "rss_rows": args.rss_rows,
     }
     t, la = data["throughput"], data["latency_at_1000_per_s"]
     markdown = f"""# Logical source benchmark
 
-PostgreSQL {version}, fsync on, {args.backend}, {data['machine']['cpus']} CPUs. Reproduce:
+PostgreSQL {version}, fsync on, {args.backend}, {data["machine"]["cpus"]} CPUs. Reproduce:
 `.venv/bin/python -m bench.logical_bench --backend {args.backend}`.
 
 | measure | raw COPY BOTH receive loop | pgchanges App, no-op handler | ratio |
 |---|---|---|---|
-| {t['rows']:,} inserts of one transaction (median of {args.rounds}) | {t['raw_per_s']:,}/s | {t['app_per_s']:,}/s | **{t['ratio']}** |
+| {t["rows"]:,} inserts of one transaction (median of {args.rounds}) | {t["raw_per_s"]:,}/s | {t["app_per_s"]:,}/s | **{t["ratio"]}** |
 
 The raw loop only counts Insert messages. pgchanges decodes every pgoutput message, types the values with
 psycopg's loaders, builds a Change, runs the handler and acknowledges by LSN.
 
-| commit→handler at 1,000 changes/s ({la['count']} samples) | p50 | p99 | max |
+| commit→handler at 1,000 changes/s ({la["count"]} samples) | p50 | p99 | max |
 |---|---|---|---|
-| latency | {la['p50_ms']} ms | {la['p99_ms']} ms | {la['max_ms']} ms |
+| latency | {la["p50_ms"]} ms | {la["p99_ms"]} ms | {la["max_ms"]} ms |
 
 Peak RSS of a consumer process while a {args.rss_rows:,}-row transaction streams through it:
-**{data['peak_rss_mb_500k_row_transaction']} MB** (the server spills the transaction to disk; the consumer
+**{data["peak_rss_mb_500k_row_transaction"]} MB** (the server spills the transaction to disk; the consumer
 receives it in batches and acknowledges as it goes).
 """
     write_results(f"logical-{args.backend}", data, markdown)

@@ -68,6 +68,7 @@ class App:
         self._gap_handlers: list[GapHandler] = []
         self._transaction_handlers: list[tuple[frozenset[TableName] | None, Callable[..., Any]]] = []
         self._periodic: list[PeriodicTask] = []
+        self._ddl_handlers: list[Callable[..., Any]] = []
         self._stop: anyio.Event | None = None  # created inside the running event loop
         self._stop_requested = False
         self.source: Source | None = None
@@ -154,6 +155,14 @@ class App:
 
         return decorate
 
+    def on_ddl(self, handler: F) -> F:
+        """Call ``handler(change)`` with an ``op="ddl"`` change for every CREATE/ALTER/DROP (notify source).
+
+        Installs the event triggers when missing, which needs a superuser (or run `pgchanges install --ddl`).
+        """
+        self._ddl_handlers.append(handler)
+        return handler
+
     def on_gap(self, handler: F) -> F:
         """Call ``handler(change)`` with an ``op="gap"`` change when changes may have been missed."""
         self._gap_handlers.append(handler)
@@ -183,7 +192,7 @@ class App:
                 self.scheduler = Scheduler(self.conninfo, self._periodic)
                 outer.start_soon(self.scheduler.run)
             try:
-                if self.tables or self._channel_handlers:
+                if self.tables or self._channel_handlers or self._ddl_handlers:
                     await self._serve_changes(task_status)
                 elif self._periodic:
                     log.info("running %d periodic task(s)", len(self._periodic))
@@ -202,6 +211,7 @@ class App:
             self.tables,
             list(self._channel_handlers),
             auto_install=self._auto_install,
+            **({"ddl": True} if self._ddl_handlers else {}),
             **self._source_options,
         )
         self.source = source
@@ -301,6 +311,11 @@ class App:
                     await self._flush(dispatcher, changes)
                     changes = []
                     await self._handle_gap(event)
+                elif event.op == "ddl":
+                    await self._flush(dispatcher, changes)
+                    changes = []
+                    for handler in self._ddl_handlers:
+                        await _call_safely(handler, event, event.id)
                 else:
                     changes.append(event)
             await self._flush(dispatcher, changes)

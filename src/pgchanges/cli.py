@@ -20,6 +20,7 @@ import psycopg
 
 from pgchanges import conninfo as ci
 from pgchanges.app import App
+from pgchanges.capture import ddl as ddl_capture
 from pgchanges.capture import install as capture
 from pgchanges.capture import logical_admin, outbox_admin
 from pgchanges.db.connect import connect
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_capture_commands(sub: Any) -> None:
     p = sub.add_parser("install", help="install capture on tables (idempotent)")
     _common(p)
-    p.add_argument("tables", nargs="+", metavar="TABLE")
+    p.add_argument("tables", nargs="*", metavar="TABLE")
+    p.add_argument("--ddl", action="store_true", help="also install the DDL event triggers (needs a superuser)")
     p.add_argument("--source", default="notify", choices=SOURCES)
     p.add_argument("--slot", help="logical: also create this replication slot")
     p.add_argument(
@@ -81,7 +83,8 @@ def _add_capture_commands(sub: Any) -> None:
 def _add_stream_commands(sub: Any) -> None:
     p = sub.add_parser("tail", help="print changes as they happen")
     _common(p)
-    p.add_argument("tables", nargs="+", metavar="TABLE")
+    p.add_argument("tables", nargs="*", metavar="TABLE")
+    p.add_argument("--ddl", action="store_true", help="also show schema changes (CREATE/ALTER/DROP)")
     p.add_argument("--source", default="notify", choices=SOURCES)
     p.add_argument("--format", default="text", choices=("text", "json"))
     p.add_argument("--ops", help="comma-separated ops to show (default: all)")
@@ -127,6 +130,14 @@ def _conninfo(args: argparse.Namespace) -> str:
 
 def cmd_install(args: argparse.Namespace) -> int:
     tables = [parse_table(t) for t in args.tables]
+    if not tables and not args.ddl:
+        raise ConfigError("name at least one TABLE, or --ddl")
+    if args.ddl:
+        with connect(_conninfo(args)) as conn:
+            created = ddl_capture.install_ddl(conn)
+        print("DDL event triggers " + ("installed" if created else "already installed"))
+        if not tables:
+            return 0
     if args.source == "logical":
         with connect(_conninfo(args)) as conn:
             publication = logical_admin.install_logical(conn, tables, args.slot, args.replica_identity == "full")
@@ -227,6 +238,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def _tail_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.ddl:
+        if args.source != "notify":
+            raise ConfigError("--ddl works with the notify source")
+        return {"ddl": True}
+    if not args.tables:
+        raise ConfigError("name at least one TABLE, or --ddl")
     if args.source == "outbox":
         return {"consumer": args.consumer, "batch_size": 1}
     if args.source == "logical":
@@ -250,7 +267,8 @@ async def _tail(
     async with stream(conninfo, tables=tables, source=source, ops=ops, auto_install=auto_install, **options) as changes:
         if on_ready:
             on_ready()
-        print(f"-- tailing {', '.join(tables)} ({source}); Ctrl-C to stop", file=sys.stderr, flush=True)
+        what = ", ".join(tables) or "schema changes"
+        print(f"-- tailing {what} ({source}); Ctrl-C to stop", file=sys.stderr, flush=True)
         async for change in changes:
             if change.op == "gap":
                 print(format_change(change), file=sys.stderr, flush=True)

@@ -35,6 +35,10 @@ def format_change(change: Change, now: datetime | None = None) -> str:
             detail = f"id={short(new['id'])} {detail}"
     elif change.op == "delete":
         detail = _row(change.old)
+    elif change.op == "ddl":
+        extra = change.extra or {}
+        where = ""
+        detail = f"{extra.get('command_tag')} {extra.get('object_type')} {extra.get('object_identity')}"
     elif change.op == "gap":
         detail = f"changes may have been missed: {(change.extra or {}).get('reason', '')}"
     else:

@@ -45,14 +45,14 @@ class ChangeStream:
 async def stream(
     dsn: ci.ConnectionSource = None,
     *,
-    tables: Iterable[str | TableName],
+    tables: Iterable[str | TableName] = (),
     source: str = "notify",
     engine: Any = None,
     ops: Iterable[str] | None = None,
     auto_install: bool = True,
     **options: Any,
 ) -> AsyncIterator[ChangeStream]:
-    """Open a stream of changes of ``tables`` from ``source``."""
+    """Open a stream of changes of ``tables`` from ``source`` (``ddl=True``, notify source: DDL changes too)."""
     conninfo = ci.resolve(dsn, engine=engine)
     names: Sequence[TableName] = [t if isinstance(t, TableName) else parse_table(t) for t in tables]
     opened = make_source(source, conninfo, names, auto_install=auto_install, **options)

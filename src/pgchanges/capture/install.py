@@ -15,7 +15,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from pgchanges.capture import migrations
+from pgchanges.capture import ddl, migrations
 from pgchanges.errors import CaptureError, PermissionDenied, TableNotFound
 from pgchanges.names import TableName
 
@@ -176,6 +176,7 @@ def uninstall(conn: psycopg.Connection[Any], tables: Iterable[TableName] | None 
             if tables is None or (left and left[0] == 0):
                 _drop_orphan_triggers(conn)
                 _drop_logical_objects(conn)
+                ddl.drop_ddl(conn)
                 conn.execute("DROP SCHEMA pgchanges CASCADE")
     except pg_errors.InsufficientPrivilege as exc:
         raise PermissionDenied(_privilege_hint(exc, removed)) from None

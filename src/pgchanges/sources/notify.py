@@ -15,7 +15,9 @@ from typing import Any
 import anyio
 import psycopg
 
+from pgchanges.capture import ddl as ddl_capture
 from pgchanges.capture import install as capture
+from pgchanges.capture.ddl import DDL_CHANNEL
 from pgchanges.change import Change
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.db.listener import ConnectionLost, Listener, Notification
@@ -35,6 +37,7 @@ def parse_payload(text: str) -> dict[str, Any]:
 
 
 SPILL_RETENTION_SECONDS = 3600.0
+_Parsed = dict[str, Any] | Notification | Change  # a decoded payload, a plain notification, or a DDL change
 
 
 class NotifySource:
@@ -51,11 +54,14 @@ class NotifySource:
         auto_install: bool = True,
         backoff: Backoff = Backoff(),  # noqa: B008 - immutable
         spill_retention: float = SPILL_RETENTION_SECONDS,
+        ddl: bool = False,
     ) -> None:
         self._conninfo = conninfo
         self._tables = list(dict.fromkeys(tables))
         self._table_channels = {t.channel: t for t in self._tables}
-        self._listener = Listener(conninfo, [*self._table_channels, *channels])
+        self._ddl = ddl
+        extra = [DDL_CHANNEL] if ddl else []
+        self._listener = Listener(conninfo, [*self._table_channels, *channels, *extra])
         self._auto_install = auto_install
         self._backoff = backoff
         self._spill_retention = spill_retention
@@ -79,6 +85,10 @@ class NotifySource:
 
     def _prepare(self) -> None:
         assert self._control is not None
+        if self._ddl and not ddl_capture.ddl_installed(self._control):
+            if not self._auto_install:
+                raise NotInstalled("DDL capture is not installed; run `pgchanges install --ddl` as a superuser")
+            ddl_capture.install_ddl(self._control)
         if self._tables:
             missing = capture.missing_captures(self._control, self._tables, "notify")
             if missing and not self._auto_install:
@@ -129,13 +139,13 @@ class NotifySource:
             return
 
     async def _decode(self, notifications: list[Notification]) -> list[Event]:
-        parsed: list[dict[str, Any] | Notification] = []
+        parsed: list[_Parsed] = []
         spilled: list[int] = []
         needs_types = False
         table_channels, stale = self._table_channels, self._stale
         for note in notifications:
             if note.channel not in table_channels:
-                parsed.append(note)
+                parsed.append(ddl_capture.to_change(note.payload, note.pid) if note.channel == DDL_CHANNEL else note)
                 continue
             data = parse_payload(note.payload)
             if "spill" in data:
@@ -146,14 +156,14 @@ class NotifySource:
         if spilled or needs_types:
             parsed = await self._control_call(self._fetch_spills_and_types, parsed, spilled)
         to_change = self._to_change
-        return [item if isinstance(item, Notification) else to_change(item) for item in parsed]
+        return [item if isinstance(item, Notification | Change) else to_change(item) for item in parsed]
 
     def _fetch_spills_and_types(
-        self, conn: psycopg.Connection[Any], parsed: list[dict[str, Any] | Notification], spilled: list[int]
-    ) -> list[dict[str, Any] | Notification]:
+        self, conn: psycopg.Connection[Any], parsed: list[_Parsed], spilled: list[int]
+    ) -> list[_Parsed]:
         if spilled:
             rows = dict(conn.execute("SELECT id, payload FROM pgchanges.spill WHERE id = ANY(%s)", (spilled,)))
-            resolved: list[dict[str, Any] | Notification] = []
+            resolved: list[_Parsed] = []
             for item in parsed:
                 resolved.append(self._unspill(item, rows) if isinstance(item, dict) and item.get("spill") else item)
             parsed = resolved
