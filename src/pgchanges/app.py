@@ -26,7 +26,7 @@ from anyio.abc import TaskStatus
 from pgchanges import conninfo as ci
 from pgchanges.change import Change
 from pgchanges.db.listener import Notification
-from pgchanges.dispatch import Dispatcher, ErrorPolicy, HandlerFailed
+from pgchanges.dispatch import Dispatcher, ErrorPolicy, apply_error_policy
 from pgchanges.errors import ConfigError
 from pgchanges.names import TableName, parse_table
 from pgchanges.periodic import MissedPolicy, PeriodicTask, Schedule, Scheduler, parse_interval
@@ -274,20 +274,7 @@ class App:
         try:
             await self._handle_durable(change, tx)
         except Exception as exc:
-            if self._on_error == "stop":
-                raise HandlerFailed(f"a handler failed for change {change.id}: {exc!r}") from exc
-            if callable(self._on_error):
-                self._on_error(change, exc)
-            else:
-                log.error(
-                    "a handler failed for change %s (%s %s): %s: %s",
-                    change.id,
-                    change.op,
-                    change.qualified_table,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=exc,
-                )
+            apply_error_policy(self._on_error, "of this App", change, exc)
 
     async def _handle_transaction(self, changes: list[Change]) -> None:
         for tables, handler in self._transaction_handlers:

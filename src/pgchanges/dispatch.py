@@ -140,18 +140,23 @@ class Dispatcher:
 
     def _failed(self, route: Route, change: Change, exc: BaseException) -> None:
         self.failed += 1
-        if callable(self._on_error):
-            self._on_error(change, exc)
-            return
-        log.error(
-            "handler %s failed for change %s (%s %s): %s: %s",
-            route.name,
-            change.id,
-            change.op,
-            change.qualified_table,
-            type(exc).__name__,
-            exc,
-            exc_info=exc,
-        )
-        if self._on_error == "stop":
-            raise HandlerFailed(f"handler {route.name} failed for change {change.id}: {exc!r}") from exc
+        apply_error_policy(self._on_error, route.name, change, exc)
+
+
+def apply_error_policy(policy: ErrorPolicy, handler: str, change: Change, exc: BaseException) -> None:
+    """What a failed handler leads to: the policy's own callable, or a log line (and for "stop", HandlerFailed)."""
+    if callable(policy):
+        policy(change, exc)
+        return
+    log.error(
+        "handler %s failed for change %s (%s %s): %s: %s",
+        handler,
+        change.id,
+        change.op,
+        change.qualified_table,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+    )
+    if policy == "stop":
+        raise HandlerFailed(f"handler {handler} failed for change {change.id}: {exc!r}") from exc

@@ -436,6 +436,8 @@ class LogicalSource:
         return f"nontx:{uuid.uuid4().hex}", None
 
     def _row_change(self, message: Insert | Update | Delete) -> Change:
+        if type(message) is Insert and self._current is not None:
+            return self._insert_change(message, self._current)
         relation = self._relations[message.relation_oid]
         change_id, txn = self._next_id()
         new = old = None
