@@ -205,6 +205,8 @@ class App:
 
     async def _serve_changes(self, task_status: TaskStatus[None]) -> None:
         assert self._stop is not None
+        if self._ddl_handlers and self.source_kind != "notify":
+            raise ConfigError("on_ddl handlers need source='notify' (DDL events are NOTIFYed)")
         source = make_source(
             self.source_kind,
             self.conninfo,

@@ -65,3 +65,15 @@ def test_cli_install_and_tail_ddl_and_uninstall(dsn, db):
         assert ddl.ddl_installed(conn)
         install.uninstall(conn)
         assert not ddl.ddl_installed(conn)
+
+
+@pytest.mark.anyio
+async def test_on_ddl_needs_the_notify_source(dsn, db):
+    db.execute("CREATE TABLE t (id int)")
+    app = pgchanges.App(dsn, source="outbox", consumer="c")
+    app.on("t")(lambda change: None)
+    app.on_ddl(lambda change: None)
+    with pytest.raises(BaseException) as info:  # noqa: PT011 - wrapped in an exception group
+        async with anyio.create_task_group() as tg:
+            await tg.start(app.serve)
+    assert "on_ddl handlers need source='notify'" in repr(info.value)
