@@ -73,7 +73,7 @@ async def test_on_ddl_needs_the_notify_source(dsn, db):
     app = pgchanges.App(dsn, source="outbox", consumer="c")
     app.on("t")(lambda change: None)
     app.on_ddl(lambda change: None)
-    with pytest.raises(BaseException) as info:  # noqa: PT011 - wrapped in an exception group
+    with pytest.raises(BaseException) as info:
         async with anyio.create_task_group() as tg:
             await tg.start(app.serve)
     assert "on_ddl handlers need source='notify'" in repr(info.value)
