@@ -7,9 +7,14 @@ import platform
 import re
 import statistics
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import anyio
+import psycopg
 
 from pgchanges.embedded import LocalCluster
 
@@ -76,3 +81,73 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
+
+
+STAMPED_INSERT = "INSERT INTO bench_events VALUES (%s, extract(epoch FROM clock_timestamp()), 'x', 1)"
+
+
+async def timed_noop_app(
+    app: Any, table: str, n: int, *, ops: Any = None, start_clock: Callable[[], float] | None = None
+) -> float:
+    """Changes/s of ``app`` with a no-op handler on ``table`` until ``n`` changes were handled.
+
+    ``start_clock``, when given, is called once the App listens (to write the rows) and returns the start time;
+    otherwise the clock starts before the App opens (the rows are there already).
+    """
+    seen = 0
+    done = anyio.Event()
+
+    @app.on(table, ops=ops)
+    async def noop(change: Any) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == n:
+            done.set()
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.serve)
+        if start_clock is not None:
+            start = start_clock()
+        await done.wait()
+        rate = n / (time.perf_counter() - start)
+        app.stop()
+    return rate
+
+
+def steady_inserts(conninfo: str, rate: float, seconds: float, first_id: int = 0) -> threading.Thread:
+    """A started thread inserting ``rate`` stamped rows per second into bench_events for ``seconds``."""
+
+    def run() -> None:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            interval, next_at = 1.0 / rate, time.perf_counter()
+            end, i = next_at + seconds, first_id
+            while next_at < end:
+                conn.execute(STAMPED_INSERT, (i,))
+                i += 1
+                next_at += interval
+                if (delay := next_at - time.perf_counter()) > 0:
+                    time.sleep(delay)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+async def latency_with_app(
+    app: Any, table: str, conninfo: str, rate: float, seconds: float, first_id: int = 0, ops: Any = None
+) -> list[float]:
+    """Commit→handler latencies (s) of ``app`` while ``steady_inserts`` writes stamped rows."""
+    lat: list[float] = []
+
+    @app.on(table, ops=ops)
+    async def record(change: Any) -> None:
+        lat.append(time.time() - float(change.new["at"]))
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.serve)
+        writer = steady_inserts(conninfo, rate, seconds, first_id)
+        await anyio.to_thread.run_sync(writer.join)
+        await anyio.sleep(0.5)
+        app.stop()
+    return lat

@@ -16,14 +16,13 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import anyio
 import psycopg
 
 import pgchanges
-from bench.common import durable_cluster, latency_summary, machine, write_results
+from bench.common import durable_cluster, latency_summary, latency_with_app, machine, timed_noop_app, write_results
 from pgchanges.db.replication import ReplicationStream, XLogData
 from pgchanges.names import TableName
 from pgchanges.sources.logical import ensure_publication, ensure_slot, publication_name
@@ -49,55 +48,12 @@ async def raw_receive(conninfo: str, slot: str, n: int) -> float:
 
 async def app_receive(conninfo: str, slot: str, n: int) -> float:
     app = pgchanges.App(conninfo, source="logical", slot=slot)
-    seen = 0
-    done = anyio.Event()
-
-    @app.on(str(TABLE), ops="insert")
-    async def noop(change: pgchanges.Change) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == n:
-            done.set()
-
-    start = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        await tg.start(app.serve)
-        await done.wait()
-        rate = n / (time.perf_counter() - start)
-        app.stop()
-    return rate
+    return await timed_noop_app(app, str(TABLE), n, ops="insert")
 
 
 async def app_latency(conninfo: str, seconds: float) -> list[float]:
     app = pgchanges.App(conninfo, source="logical", slot="latency")
-    lat: list[float] = []
-
-    @app.on(str(TABLE), ops="insert")
-    async def record(change: pgchanges.Change) -> None:
-        lat.append(time.time() - float(change.new["at"]))  # type: ignore[index]
-
-    def write() -> None:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            interval, next_at = 0.001, time.perf_counter()
-            end = next_at + seconds
-            i = 50_000_000
-            while next_at < end:
-                conn.execute(
-                    "INSERT INTO bench_events VALUES (%s, extract(epoch FROM clock_timestamp()), 'x', 1)", (i,)
-                )
-                i += 1
-                next_at += interval
-                if (delay := next_at - time.perf_counter()) > 0:
-                    time.sleep(delay)
-
-    async with anyio.create_task_group() as tg:
-        await tg.start(app.serve)
-        writer = threading.Thread(target=write)
-        writer.start()
-        await anyio.to_thread.run_sync(writer.join)
-        await anyio.sleep(0.5)
-        app.stop()
-    return lat
+    return await latency_with_app(app, str(TABLE), conninfo, 1000.0, seconds, first_id=50_000_000, ops="insert")
 
 
 RSS_CONSUMER = """
@@ -121,7 +77,7 @@ def peak_rss_mb(conninfo: str, rows: int) -> float:
         ensure_slot(conn, "rss")
         conn.execute("TRUNCATE bench_events")
         conn.execute(
-            "INSERT INTO bench_events SELECT g, 0, repeat('v', 40), g * 1.5 FROM generate_series(1, %s) g", (rows,)
+            "INSERT INTO bench_events SELECT g, 0, repeat('v', 40), g * 1.5 FROM generate_series(1, %s::bigint) g", (rows,)
         )
     out = subprocess.run(
         [sys.executable, "-c", RSS_CONSUMER, conninfo, str(rows)],
@@ -156,7 +112,7 @@ def main() -> None:
                 for slot in (f"raw{r}", f"app{r}"):
                     ensure_slot(conn, slot)
                 conn.execute(
-                    "INSERT INTO bench_events SELECT g, 0, 'value ' || g, g * 1.5 FROM generate_series(%s, %s) g",
+                    "INSERT INTO bench_events SELECT g, 0, 'value ' || g, g * 1.5 FROM generate_series(%s::bigint, %s::bigint) g",
                     (r * args.rows + 1, (r + 1) * args.rows),
                 )
             raw_rates.append(anyio.run(raw_receive, conninfo, f"raw{r}", args.rows, backend=args.backend))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import threading
 import time
 from typing import Any
 
@@ -26,7 +25,16 @@ import psycopg
 from psycopg import sql
 
 import pgchanges
-from bench.common import durable_cluster, latency_summary, machine, pgbench_tps, write_results
+from bench.common import (
+    durable_cluster,
+    latency_summary,
+    latency_with_app,
+    machine,
+    pgbench_tps,
+    steady_inserts,
+    timed_noop_app,
+    write_results,
+)
 from pgchanges.capture import install as capture
 from pgchanges.names import TableName
 
@@ -49,24 +57,7 @@ async def raw_drain(conninfo: str, n: int, produce: Any) -> float:
 
 
 async def app_drain(conninfo: str, n: int, produce: Any) -> float:
-    app = pgchanges.App(conninfo)
-    done = anyio.Event()
-    seen = 0
-
-    @app.on(str(TABLE))
-    async def noop(change: pgchanges.Change) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == n:
-            done.set()
-
-    async with anyio.create_task_group() as tg:
-        await tg.start(app.serve)
-        start = produce()
-        await done.wait()
-        rate = n / (time.perf_counter() - start)
-        app.stop()
-    return rate
+    return await timed_noop_app(pgchanges.App(conninfo), str(TABLE), n, start_clock=produce)
 
 
 SUSTAINED_SCRIPT = "INSERT INTO bench_events SELECT g, 0, 'value ' || g, g * 1.5 FROM generate_series(1, {batch}) g;\n"
@@ -143,44 +134,8 @@ def bulk_producer(conninfo: str, n: int) -> Any:
     return produce
 
 
-def steady_writer(conninfo: str, rate: float, seconds: float, stop: threading.Event) -> threading.Thread:
-    def run() -> None:
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            interval = 1.0 / rate
-            next_at = time.perf_counter()
-            end = next_at + seconds
-            i = 0
-            while next_at < end and not stop.is_set():
-                conn.execute(
-                    "INSERT INTO bench_events VALUES (%s, extract(epoch FROM clock_timestamp()), 'x', 1)", (i,)
-                )
-                i += 1
-                next_at += interval
-                delay = next_at - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 async def app_latency(conninfo: str, rate: float, seconds: float) -> list[float]:
-    app = pgchanges.App(conninfo)
-    lat: list[float] = []
-
-    @app.on(str(TABLE))
-    async def record(change: pgchanges.Change) -> None:
-        lat.append(time.time() - float(change.new["at"]))  # type: ignore[index]
-
-    async with anyio.create_task_group() as tg:
-        await tg.start(app.serve)
-        stop = threading.Event()
-        writer = steady_writer(conninfo, rate, seconds, stop)
-        await anyio.to_thread.run_sync(writer.join)
-        await anyio.sleep(0.2)
-        app.stop()
-    return lat
+    return await latency_with_app(pgchanges.App(conninfo), str(TABLE), conninfo, rate, seconds)
 
 
 async def raw_latency(conninfo: str, rate: float, seconds: float) -> list[float]:
@@ -188,7 +143,7 @@ async def raw_latency(conninfo: str, rate: float, seconds: float) -> list[float]
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(TABLE.channel)))
         pgconn = conn.pgconn
-        writer = steady_writer(conninfo, rate, seconds, threading.Event())
+        writer = steady_inserts(conninfo, rate, seconds)
         while writer.is_alive() or pgconn.notifies() is not None:
             with anyio.move_on_after(0.2):
                 await anyio.wait_readable(pgconn.socket)

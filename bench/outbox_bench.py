@@ -24,7 +24,7 @@ import anyio
 import psycopg
 
 import pgchanges
-from bench.common import durable_cluster, latency_summary, machine, pgbench_tps, write_results
+from bench.common import durable_cluster, latency_summary, machine, pgbench_tps, timed_noop_app, write_results
 from pgchanges.capture import install as capture
 from pgchanges.names import TableName
 
@@ -69,23 +69,7 @@ def raw_drain(conninfo: str, n: int, batch: int) -> float:
 
 async def app_drain(conninfo: str, n: int, batch: int) -> float:
     app = pgchanges.App(conninfo, source="outbox", consumer="bench", batch_size=batch)
-    seen = 0
-    done = anyio.Event()
-
-    @app.on("public.bench_events")
-    async def noop(change: pgchanges.Change) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == n:
-            done.set()
-
-    start = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        await tg.start(app.serve)
-        await done.wait()
-        rate = n / (time.perf_counter() - start)
-        app.stop()
-    return rate
+    return await timed_noop_app(app, "public.bench_events", n)
 
 
 async def idle_latency(conninfo: str, samples: int) -> list[float]:
