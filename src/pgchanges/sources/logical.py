@@ -140,6 +140,7 @@ class LogicalSource:
         self._current: _Transaction | None = None
         self._seq = 0
         self._flushed = 0
+        self._last_sent = -1
         self._last_status = 0.0
         self._stopping = False
         self._wait_scope: anyio.CancelScope | None = None
@@ -574,11 +575,14 @@ class LogicalSource:
         return self._flushed
 
     def _maybe_send_status(self) -> None:
-        if time.monotonic() - self._last_status >= STATUS_INTERVAL_SECONDS or not self._pending:
+        """Report progress when the flushed LSN moved, or at least every STATUS_INTERVAL_SECONDS."""
+        moved = self._flushed != self._last_sent
+        if moved or time.monotonic() - self._last_status >= STATUS_INTERVAL_SECONDS:
             self._send_status()
 
     def _send_status(self) -> None:
         self._last_status = time.monotonic()
+        self._last_sent = self._flushed
         self._stream.send_status(self._flushed)
 
     # -- App path ------------------------------------------------------------------------------------------
