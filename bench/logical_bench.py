@@ -77,7 +77,8 @@ def peak_rss_mb(conninfo: str, rows: int) -> float:
         ensure_slot(conn, "rss")
         conn.execute("TRUNCATE bench_events")
         conn.execute(
-            "INSERT INTO bench_events SELECT g, 0, repeat('v', 40), g * 1.5 FROM generate_series(1, %s::bigint) g", (rows,)
+            "INSERT INTO bench_events SELECT g, 0, repeat('v', 40), g * 1.5 FROM generate_series(1, %s::bigint) g",
+            (rows,),
         )
     out = subprocess.run(
         [sys.executable, "-c", RSS_CONSUMER, conninfo, str(rows)],
