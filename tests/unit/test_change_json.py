@@ -46,12 +46,15 @@ def make(new, old=None, op="update"):
     )
 
 
-def homogeneous(value):
-    """Lists of one Python type per list (a column of an array type), which is what rows hold."""
+def leaf_types(value):
     if isinstance(value, list):
-        kinds = {type(v) for v in value if v is not None}
-        return len(kinds) <= 1 and all(homogeneous(v) for v in value)
-    return True
+        return set().union(*(leaf_types(v) for v in value)) if value else set()
+    return set() if value is None else {type(value)}
+
+
+def homogeneous(value):
+    """A column of an array type: every element, at any depth, has the array's one element type."""
+    return len(leaf_types(value)) <= 1
 
 
 @given(rows, rows)
