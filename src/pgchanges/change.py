@@ -18,7 +18,6 @@ from pgchanges import valuecodec
 
 Op = Literal["insert", "update", "delete", "truncate", "ddl", "message", "gap"]
 OPS: frozenset[str] = frozenset(("insert", "update", "delete", "truncate", "ddl", "message", "gap"))
-ROW_OPS: frozenset[str] = frozenset(("insert", "update", "delete"))
 
 Row = Mapping[str, Any]
 EMPTY: tuple[str, ...] = ()

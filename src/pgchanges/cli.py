@@ -31,7 +31,6 @@ from pgchanges.sources.factory import SOURCES
 from pgchanges.stream import stream
 
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 

@@ -44,7 +44,6 @@ class Dispatcher:
         self._on_error = on_error
         self._lanes: dict[tuple[str | None, str | None], MemoryObjectSendStream[list[Change]]] = {}
         self._task_group: TaskGroup | None = None
-        self.handled = 0
         self.failed = 0
 
     async def __aenter__(self) -> Dispatcher:
@@ -117,8 +116,6 @@ class Dispatcher:
             await route.handler(change)
         except Exception as exc:
             self._failed(route, change, exc)
-        else:
-            self.handled += 1
 
     async def _run_sync(self, calls: list[_Call]) -> None:
         failures = await anyio.to_thread.run_sync(self._call_all_sync, calls)
@@ -134,8 +131,6 @@ class Dispatcher:
                 failures.append((call, exc))
                 if self._on_error == "stop":
                     break
-            else:
-                self.handled += 1
         return failures
 
     def _failed(self, route: Route, change: Change, exc: BaseException) -> None:

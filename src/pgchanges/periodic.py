@@ -106,7 +106,6 @@ class Scheduler:
         self._conninfo = conninfo
         self._tasks = {task.name: task for task in tasks}
         self._conn: psycopg.Connection[Any] | None = None
-        self.runs = 0
 
     async def run(self) -> None:
         """Until cancelled."""
@@ -172,7 +171,6 @@ class Scheduler:
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.exception("periodic task %s (due %s) failed", task.name, scheduled.isoformat())
-        self.runs += 1
         assert self._conn is not None
         await anyio.to_thread.run_sync(
             self._conn.execute,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +11,6 @@ from pgchanges.change import OPS, Change
 from pgchanges.errors import ConfigError
 from pgchanges.names import TableName, parse_table
 
-Handler = Callable[[Change], Awaitable[None] | None]
 Predicate = Callable[[Change], bool]
 
 
@@ -75,10 +74,6 @@ class Router:
     @property
     def tables(self) -> list[TableName]:
         return list(dict.fromkeys(route.table for route in self._routes))
-
-    @property
-    def routes(self) -> list[Route]:
-        return list(self._routes)
 
     def routes_for(self, change: Change) -> tuple[Route, ...]:
         key = (change.schema, change.table, change.op)

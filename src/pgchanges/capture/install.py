@@ -42,7 +42,6 @@ TRIGGERS: dict[str, tuple[TriggerDef, ...]] = {
         TriggerDef("pgchanges_outbox_wake", "INSERT OR UPDATE OR DELETE OR TRUNCATE", "STATEMENT", "outbox_wake_v1"),
     ),
 }
-TRIGGER_SOURCES = tuple(TRIGGERS)
 
 PRIMARY_KEY_SQL = """
 SELECT array_agg(a.attname::text ORDER BY k.ord)

@@ -43,10 +43,6 @@ class Listener:
         self._backlog: deque[Notification] = deque()
 
     @property
-    def channels(self) -> list[str]:
-        return list(self._channels)
-
-    @property
     def backend_pid(self) -> int | None:
         return None if self._conn is None else self._conn.info.backend_pid
 

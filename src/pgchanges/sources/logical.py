@@ -101,7 +101,6 @@ class LogicalSource:
     """Changes of ``tables`` from a replication slot (``slot``; a temporary one when None)."""
 
     name = "logical"
-    durable = True
 
     def __init__(
         self,
@@ -569,10 +568,6 @@ class LogicalSource:
 
     def _advance_to(self, lsn: int) -> None:
         self._flushed = max(self._flushed, lsn)
-
-    @property
-    def flushed_lsn(self) -> int:
-        return self._flushed
 
     def _maybe_send_status(self) -> None:
         """Report progress when the flushed LSN moved, or at least every STATUS_INTERVAL_SECONDS."""

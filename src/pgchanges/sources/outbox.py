@@ -131,7 +131,6 @@ class OutboxSource:
     """Durable changes of ``tables`` for the consumer ``consumer``."""
 
     name = "outbox"
-    durable = True
 
     def __init__(
         self,
