@@ -134,6 +134,8 @@ def decode_value(plain: Any, tag: str) -> Any:
     if tag.endswith("[]"):
         inner = tag[:-2]
         return [decode_value(item, inner) for item in plain]
+    if isinstance(plain, list):  # a sub-list deeper than the tag says (ragged nesting): same element type
+        return [decode_value(item, tag) for item in plain]
     decode = _DECODERS.get(tag)
     return decode(plain) if decode else plain
 
