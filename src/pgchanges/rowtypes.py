@@ -52,18 +52,13 @@ def _iso(parse: Callable[[str], Any]) -> Converter:
 
 
 def _text_loader(oid: int) -> Converter | None:
-    loader_cls = adapters.get_loader(oid, pq.Format.TEXT)
-    if loader_cls is None:
+    """For values that to_json wrote as the type's text output: the same loading as logical replication's."""
+    if adapters.get_loader(oid, pq.Format.TEXT) is None:
         return None
-    loader = loader_cls(oid)
+    from_text = text_converter({}, oid)
 
     def convert(value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return loader.load(value.encode())
-        except (psycopg.DataError, ValueError, TypeError):
-            return value
+        return from_text(value.encode()) if isinstance(value, str) else value
 
     return convert
 

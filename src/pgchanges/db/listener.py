@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from pgchanges.db.connect import close_async, connect_async
+from pgchanges.db.waiting import receive_input
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +82,6 @@ class Listener:
                 notify = pgconn.notifies()
             if out:
                 return out
-            try:
-                await anyio.wait_readable(pgconn.socket)
-                pgconn.consume_input()
-            except (psycopg.OperationalError, OSError) as exc:
-                raise ConnectionLost(str(exc).strip() or "connection closed") from exc
+            await receive_input(pgconn, ConnectionLost, "connection closed")
             if pgconn.status != psycopg.pq.ConnStatus.OK:
                 raise ConnectionLost("connection closed by the server")

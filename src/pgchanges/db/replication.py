@@ -19,6 +19,7 @@ import psycopg
 from psycopg import pq, sql
 
 from pgchanges.db.connect import close_async, connect_async
+from pgchanges.db.waiting import receive_input
 from pgchanges.errors import CaptureError, ConfigError
 from pgchanges.pgoutput import PG_EPOCH, lsn_to_str
 
@@ -109,11 +110,8 @@ class ReplicationStream:
         )
         pgconn = conn.pgconn
         pgconn.send_query(statement.as_bytes(conn))
-        while True:
-            pgconn.consume_input()
-            if not pgconn.is_busy():
-                break
-            await anyio.wait_readable(pgconn.socket)
+        while pgconn.is_busy():
+            await receive_input(pgconn, ReplicationLost, "replication connection lost")
         result = pgconn.get_result()
         if result is None or result.status != pq.ExecStatus.COPY_BOTH:
             message = result.error_message.decode(errors="replace").strip() if result is not None else ""
@@ -137,11 +135,7 @@ class ReplicationStream:
                 raise ReplicationLost(pgconn.get_error_message().strip())
             if out:
                 return out
-            try:
-                await anyio.wait_readable(pgconn.socket)
-                pgconn.consume_input()
-            except (psycopg.OperationalError, OSError) as exc:
-                raise ReplicationLost(str(exc).strip() or "replication connection lost") from exc
+            await receive_input(pgconn, ReplicationLost, "replication connection lost")
 
     def send_status(self, flushed_lsn: int, *, reply: bool = False) -> None:
         """Tell the server everything up to ``flushed_lsn`` is processed (the slot may advance to it)."""
