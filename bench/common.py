@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import re
@@ -9,7 +10,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,15 @@ RESULTS = Path(__file__).parent / "results"
 def durable_cluster() -> LocalCluster:
     """A cluster with fsync on: write-path figures must include the real commit cost."""
     return LocalCluster(fast_unsafe=False, settings={"max_connections": "100"})
+
+
+@contextlib.contextmanager
+def bench_database() -> Iterator[tuple[LocalCluster, str]]:
+    """A durable cluster with an empty database ``bench``: (cluster, conninfo of bench)."""
+    with durable_cluster() as cluster:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+            admin.execute("CREATE DATABASE bench")
+        yield cluster, cluster.dsn("bench")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -22,7 +22,7 @@ import anyio
 import psycopg
 
 import pgchanges
-from bench.common import durable_cluster, latency_summary, latency_with_app, machine, timed_noop_app, write_results
+from bench.common import bench_database, latency_summary, latency_with_app, machine, timed_noop_app, write_results
 from pgchanges.db.replication import ReplicationStream, XLogData
 from pgchanges.names import TableName
 from pgchanges.sources.logical import ensure_publication, ensure_slot, publication_name
@@ -99,10 +99,7 @@ def main() -> None:
     parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
     args = parser.parse_args()
 
-    with durable_cluster() as cluster:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
-            admin.execute("CREATE DATABASE bench")
-        conninfo = cluster.dsn("bench")
+    with bench_database() as (cluster, conninfo):
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(CREATE)
             oid = conn.execute("SELECT 'bench_events'::regclass::oid").fetchone()[0]  # type: ignore[index]

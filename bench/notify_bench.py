@@ -26,7 +26,7 @@ from psycopg import sql
 
 import pgchanges
 from bench.common import (
-    durable_cluster,
+    bench_database,
     latency_summary,
     latency_with_app,
     machine,
@@ -164,10 +164,7 @@ def main() -> None:
     parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
     args = parser.parse_args()
 
-    with durable_cluster() as cluster:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
-            admin.execute("CREATE DATABASE bench")
-        conninfo = cluster.dsn("bench")
+    with bench_database() as (cluster, conninfo):
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(CREATE)
             capture.install(conn, [TABLE])

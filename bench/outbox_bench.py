@@ -24,7 +24,7 @@ import anyio
 import psycopg
 
 import pgchanges
-from bench.common import durable_cluster, latency_summary, machine, pgbench_tps, timed_noop_app, write_results
+from bench.common import bench_database, latency_summary, machine, pgbench_tps, timed_noop_app, write_results
 from pgchanges.capture import install as capture
 from pgchanges.names import TableName
 
@@ -134,10 +134,7 @@ def main() -> None:
     parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
     args = parser.parse_args()
 
-    with durable_cluster() as cluster:
-        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
-            admin.execute("CREATE DATABASE bench")
-        conninfo = cluster.dsn("bench")
+    with bench_database() as (cluster, conninfo):
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(RAW_SETUP)
             capture.install(conn, [TableName("public", "bench_events"), TableName("public", "bench_outbox")], "outbox")
