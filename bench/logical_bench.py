@@ -102,8 +102,7 @@ def main() -> None:
     with bench_database() as (cluster, conninfo):
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(CREATE)
-            oid = conn.execute("SELECT 'bench_events'::regclass::oid").fetchone()[0]  # type: ignore[index]
-            ensure_publication(conn, publication_name([TABLE]), [TABLE], [oid], False)
+            ensure_publication(conn, publication_name([TABLE]), [TABLE], False)
         raw_rates, app_rates = [], []
         for r in range(args.rounds):
             with psycopg.connect(conninfo, autocommit=True) as conn:

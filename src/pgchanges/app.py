@@ -24,6 +24,8 @@ import anyio
 from anyio.abc import TaskStatus
 
 from pgchanges import conninfo as ci
+from pgchanges.capture.follow import follow_schema
+from pgchanges.capture.install import SOURCES as CAPTURES
 from pgchanges.change import Change
 from pgchanges.db.listener import Notification
 from pgchanges.dispatch import Dispatcher, ErrorPolicy, apply_error_policy
@@ -43,7 +45,13 @@ GapHandler = Callable[[Change], Awaitable[None] | None]
 
 
 class App:
-    """A set of handlers for changes, served from one source."""
+    """A set of handlers for changes, served from one source.
+
+    Tables may be patterns (``"public.*"``, ``"sales.order_*"``): tables created later that match are
+    captured too. With the DDL event triggers (``pgchanges install --ddl``) that happens in the creating
+    transaction; without them the App checks every ``follow_interval`` seconds (0: never) that capture still
+    matches the schema (new, renamed and recreated tables).
+    """
 
     def __init__(
         self,
@@ -55,6 +63,7 @@ class App:
         auto_install: bool = True,
         shutdown_timeout: float = 10.0,
         application_name: str = ci.DEFAULT_APPLICATION_NAME,
+        follow_interval: float = 10.0,
         **source_options: Any,
     ) -> None:
         self.conninfo = ci.resolve(dsn, engine=engine, application_name=application_name)
@@ -63,6 +72,7 @@ class App:
         self._on_error = on_error
         self._auto_install = auto_install
         self._shutdown_timeout = shutdown_timeout
+        self._follow_interval = follow_interval
         self._source_options = source_options
         self._channel_handlers: dict[str, list[NotificationHandler]] = {}
         self._gap_handlers: list[GapHandler] = []
@@ -191,6 +201,8 @@ class App:
             if self._periodic:
                 self.scheduler = Scheduler(self.conninfo, self._periodic)
                 outer.start_soon(self.scheduler.run)
+            if self.tables and self._auto_install and self._follow_interval > 0 and self.source_kind in CAPTURES:
+                outer.start_soon(follow_schema, self.conninfo, self._follow_interval)
             try:
                 if self.tables or self._channel_handlers or self._ddl_handlers:
                     await self._serve_changes(task_status)
@@ -280,11 +292,7 @@ class App:
 
     async def _handle_transaction(self, changes: list[Change]) -> None:
         for tables, handler in self._transaction_handlers:
-            picked = [
-                c
-                for c in changes
-                if tables is None or (c.schema is not None and TableName(c.schema, c.table or "") in tables)
-            ]
+            picked = [c for c in changes if tables is None or any(t.matches(c.schema, c.table) for t in tables)]
             if picked:
                 await _call_safely(handler, picked, f"transaction {picked[0].xid}")
 

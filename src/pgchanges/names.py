@@ -8,6 +8,7 @@ as an argument at install time) and the listener agree without a lookup, and nam
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pgchanges.errors import ConfigError
 MAX_IDENTIFIER_BYTES = 63
 CHANNEL_PREFIX = "pgchanges:"
 _UNQUOTED = re.compile(r"^[^\W\d][\w$]*$")
+_UNQUOTED_PATTERN = re.compile(r"^[\w$*?]+$")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -39,12 +41,43 @@ class TableName:
 
     @property
     def channel(self) -> str:
-        """The NOTIFY channel the notify trigger of this table signals."""
+        """The NOTIFY channel the notify triggers of this table (or pattern) signal."""
         return channel_name(f"{self.schema}.{self.table}")
+
+    @property
+    def is_pattern(self) -> bool:
+        """Whether a part holds a wildcard: ``*`` (any characters) or ``?`` (one character)."""
+        return any(c in part for part in (self.schema, self.table) for c in WILDCARDS)
+
+    @property
+    def like_patterns(self) -> tuple[str, str]:
+        """Schema and table as SQL LIKE patterns (exact names escaped, wildcards translated)."""
+        return _to_like(self.schema), _to_like(self.table)
+
+    def matches(self, schema: str | None, table: str | None) -> bool:
+        """Whether the table ``schema.table`` is this name or matches this pattern."""
+        if schema is None or table is None:
+            return False
+        if not self.is_pattern:
+            return schema == self.schema and table == self.table
+        return _glob(self.schema).fullmatch(schema) is not None and _glob(self.table).fullmatch(table) is not None
+
+
+WILDCARDS = ("*", "?")
+
+
+def _to_like(part: str) -> str:
+    escaped = part.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+@functools.cache
+def _glob(part: str) -> re.Pattern[str]:
+    return re.compile(".*".join(".".join(re.escape(x) for x in piece.split("?")) for piece in part.split("*")), re.S)
 
 
 def _display_part(part: str) -> str:
-    plain = part.isidentifier() and part == part.lower() and part.isascii()
+    plain = (part.isidentifier() or bool(_UNQUOTED_PATTERN.match(part))) and part == part.lower() and part.isascii()
     return part if plain else '"' + part.replace('"', '""') + '"'
 
 
@@ -62,6 +95,8 @@ def parse_table(text: str, default_schema: str = "public") -> TableName:
     """Parse ``table``, ``schema.table`` or their double-quoted forms into a :class:`TableName`.
 
     Unquoted parts are folded to lower case, as PostgreSQL does; quoted parts keep their characters.
+    ``*`` and ``?`` are wildcards (``public.*``, ``sales.order_*``): the name is then a pattern that matches
+    tables existing now and created later.
     """
     parts = _split_identifier(text)
     if len(parts) == 1:
@@ -69,6 +104,10 @@ def parse_table(text: str, default_schema: str = "public") -> TableName:
     if len(parts) == 2:
         return TableName(parts[0], parts[1])
     raise ConfigError(f"table name {text!r} has {len(parts)} parts; expected 'table' or 'schema.table'")
+
+
+def _has_wildcard(part: str) -> bool:
+    return any(c in part for c in WILDCARDS)
 
 
 def _split_identifier(text: str) -> list[str]:
@@ -94,7 +133,7 @@ def _split_identifier(text: str) -> list[str]:
             j = text.find(".", i)
             raw = text[i:] if j < 0 else text[i:j]
             part = raw.strip().lower()
-            if part and not _UNQUOTED.match(part):
+            if part and not (_UNQUOTED.match(part) or (_UNQUOTED_PATTERN.match(part) and _has_wildcard(part))):
                 raise ConfigError(f"{raw.strip()!r} in {text!r} needs double quotes (it is not a plain identifier)")
             i = n if j < 0 else j
         if not part:

@@ -80,9 +80,7 @@ class Router:
         found = self._cache.get(key)
         if found is None:
             found = tuple(
-                r
-                for r in self._routes
-                if r.table.schema == change.schema and r.table.table == change.table and change.op in r.ops
+                r for r in self._routes if change.op in r.ops and r.table.matches(change.schema, change.table)
             )
             self._cache[key] = found
         return found

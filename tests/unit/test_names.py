@@ -39,3 +39,31 @@ def test_long_channel_names_fit_and_do_not_collide():
     assert len(a.encode()) <= MAX_IDENTIFIER_BYTES and len(b.encode()) <= MAX_IDENTIFIER_BYTES
     multibyte = channel_name("ü" * 40)
     assert len(multibyte.encode()) <= MAX_IDENTIFIER_BYTES
+
+
+@pytest.mark.parametrize(
+    ("pattern", "table", "expected"),
+    [
+        ("public.*", "public.orders", True),
+        ("public.*", "sales.orders", False),
+        ("sales.order_*", "sales.order_items", True),
+        ("sales.order_*", "sales.orders", False),
+        ("sales.order_?", "sales.order_x", True),
+        ("sales.order_?", "sales.order_xy", False),
+        ("*.audit", "any.audit", True),
+        ("public.orders", "public.orders", True),
+        ("public.orders", "public.orders2", False),
+    ],
+)
+def test_patterns_match_like_globs(pattern, table, expected):
+    name = parse_table(pattern)
+    schema, _, rest = table.partition(".")
+    assert name.matches(schema, rest) is expected
+
+
+def test_patterns_become_escaped_like_patterns():
+    name = parse_table("sales.order_*")
+    assert name.is_pattern and not parse_table("sales.orders").is_pattern
+    assert name.like_patterns == ("sales", "order\\_%")
+    assert parse_table('"100%".x?').like_patterns == ("100\\%", "x_")
+    assert str(name) == "sales.order_*" and name.channel == "pgchanges:sales.order_*"

@@ -1,13 +1,17 @@
-"""Install and remove capture for tables: triggers per source, recorded in ``pgchanges.captures``.
+"""Install and remove capture: rules (a source and a table name or pattern) and the capture they make.
 
-Everything here is idempotent: installing twice changes nothing, uninstalling removes every object pgchanges
-created (the schema included when nothing is captured any more). Identifiers always go through
-``psycopg.sql.Identifier``; values are always parameters.
+A rule says what to capture; ``pgchanges.follow_table_v1`` (capture/sql/0006_follow.sql) makes a table's
+triggers and publication membership match the rules, recorded in ``pgchanges.captures``. The DDL event
+trigger runs it for tables that are created or renamed, so capture follows the schema. Everything here is
+idempotent: installing twice changes nothing, uninstalling removes every object pgchanges created (the schema
+included when nothing is captured any more). Identifiers always go through ``psycopg.sql.Identifier`` (or
+``format('%I')`` in SQL); values are always parameters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,32 +20,13 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from pgchanges.capture import ddl, migrations
-from pgchanges.errors import CaptureError, PermissionDenied, TableNotFound
+from pgchanges.errors import CaptureError, NotInstalled, PermissionDenied, TableNotFound
 from pgchanges.names import TableName
 
-
-@dataclass(frozen=True)
-class TriggerDef:
-    """One trigger a source puts on a captured table."""
-
-    name: str
-    events: str  # e.g. "INSERT OR UPDATE OR DELETE"
-    level: str  # "ROW" or "STATEMENT"
-    function: str
-    channel_argument: bool = False
+log = logging.getLogger("pgchanges.capture")
 
 
-TRIGGERS: dict[str, tuple[TriggerDef, ...]] = {
-    "notify": (
-        TriggerDef("pgchanges_notify", "INSERT OR UPDATE OR DELETE", "ROW", "notify_row_v1", True),
-        TriggerDef("pgchanges_notify_truncate", "TRUNCATE", "STATEMENT", "notify_row_v1", True),
-    ),
-    "outbox": (
-        TriggerDef("pgchanges_outbox", "INSERT OR UPDATE OR DELETE", "ROW", "outbox_row_v1"),
-        TriggerDef("pgchanges_outbox_truncate", "TRUNCATE", "STATEMENT", "outbox_row_v1"),
-        TriggerDef("pgchanges_outbox_wake", "INSERT OR UPDATE OR DELETE OR TRUNCATE", "STATEMENT", "outbox_wake_v1"),
-    ),
-}
+SOURCES = ("notify", "outbox", "logical")
 
 PRIMARY_KEY_SQL = """
 SELECT array_agg(a.attname::text ORDER BY k.ord)
@@ -64,58 +49,135 @@ def table_oid(conn: psycopg.Connection[Any], table: TableName) -> int:
     return int(row[0])
 
 
-def install(conn: psycopg.Connection[Any], tables: Iterable[TableName], source: str = "notify") -> list[TableName]:
-    """Install the schema (migrating it if needed) and ``source`` capture on ``tables``.
+def install(
+    conn: psycopg.Connection[Any],
+    tables: Iterable[TableName],
+    source: str = "notify",
+    *,
+    publication: str = "",
+    replica_identity_full: bool = False,
+) -> list[TableName]:
+    """Install the schema (migrating it if needed), a capture rule per name or pattern, and follow them.
 
-    Returns the tables on which capture was newly installed. ``conn`` must be in autocommit mode.
+    Exact names must exist now; patterns (``public.*``) also capture tables created later (at once with the
+    DDL event trigger, else when a consumer next follows the schema). ``publication`` names the publication
+    of a logical rule. Returns the tables whose capture was newly installed. ``conn`` must be in autocommit.
     """
-    spec = TRIGGERS.get(source)
-    if spec is None:
-        raise CaptureError(f"source {source!r} installs no triggers; trigger sources are {', '.join(TRIGGERS)}")
+    if source not in SOURCES:
+        raise CaptureError(f"unknown source {source!r}; capture sources are {', '.join(SOURCES)}")
+    if source == "logical" and not publication:
+        raise CaptureError("a logical capture rule needs the publication its tables join")
     wanted = list(dict.fromkeys(tables))
     try:
         migrations.migrate(conn)
-        added: list[TableName] = []
         with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (migrations.ADVISORY_LOCK_KEY,))
             for table in wanted:
-                oid = table_oid(conn, table)
-                if _install_triggers(conn, table, oid, spec, source):
-                    added.append(table)
-        return added
+                if not table.is_pattern:
+                    table_oid(conn, table)
+                schema_like, table_like = table.like_patterns
+                conn.execute(
+                    """INSERT INTO pgchanges.capture_rules
+                           (source, schema_like, table_like, channel, publication, replica_identity_full)
+                       VALUES (%s, %s, %s, %s, %s, %s)
+                       ON CONFLICT (source, schema_like, table_like, publication) DO UPDATE
+                       SET replica_identity_full = pgchanges.capture_rules.replica_identity_full
+                                                   OR excluded.replica_identity_full""",
+                    (
+                        source,
+                        schema_like,
+                        table_like,
+                        table.channel if source == "notify" else "",
+                        publication,
+                        replica_identity_full,
+                    ),
+                )
+            before = {c.table_oid for c in captures(conn) if c.source == source}
+            follow_all(conn)
+            return [c.table for c in captures(conn) if c.source == source and c.table_oid not in before]
     except pg_errors.InsufficientPrivilege as exc:
         raise PermissionDenied(_privilege_hint(exc, wanted)) from None
 
 
-def _install_triggers(
-    conn: psycopg.Connection[Any], table: TableName, oid: int, spec: tuple[TriggerDef, ...], source: str
-) -> bool:
-    present = conn.execute(
-        "SELECT 1 FROM pgchanges.captures WHERE table_oid = %s AND source = %s", (oid, source)
-    ).fetchone()
-    for trigger in spec:
-        argument = sql.Literal(table.channel) if trigger.channel_argument else sql.SQL("")
-        conn.execute(
-            sql.SQL(
-                "CREATE OR REPLACE TRIGGER {name} AFTER {events} ON {table} "
-                "FOR EACH {level} EXECUTE FUNCTION {function}({argument})"
-            ).format(
-                name=sql.Identifier(trigger.name),
-                events=sql.SQL(trigger.events),
-                table=table.identifier,
-                level=sql.SQL(trigger.level),
-                function=sql.Identifier("pgchanges", trigger.function),
-                argument=argument,
-            )
+def follow_all(conn: psycopg.Connection[Any]) -> list[int]:
+    """Bring every table's capture in line with the rules; returns the oids of tables whose capture changed."""
+    return [int(r[0]) for r in conn.execute("SELECT table_oid FROM pgchanges.follow_all_v1()")]
+
+
+def missing_rules(
+    conn: psycopg.Connection[Any], tables: Iterable[TableName], source: str, publication: str = ""
+) -> list[TableName]:
+    """The names and patterns among ``tables`` that have no ``source`` capture rule (yet)."""
+    wanted = list(tables)
+    if not schema_installed(conn) or migrations.pending(conn):
+        return wanted
+    have = {
+        (r[0], r[1])
+        for r in conn.execute(
+            "SELECT schema_like, table_like FROM pgchanges.capture_rules WHERE source = %s AND publication = %s",
+            (source, publication),
         )
-    key = conn.execute(PRIMARY_KEY_SQL, (oid,)).fetchone()
-    conn.execute(
-        """INSERT INTO pgchanges.captures (table_oid, schema_name, table_name, source, key_columns)
-           VALUES (%s, %s, %s, %s, %s)
-           ON CONFLICT (table_oid, source) DO UPDATE SET schema_name = excluded.schema_name,
-               table_name = excluded.table_name, key_columns = excluded.key_columns""",
-        (oid, table.schema, table.table, source, key[0] if key else None),
-    )
-    return present is None
+    }
+    return [t for t in wanted if t.like_patterns not in have]
+
+
+def ensure_capture(
+    conn: psycopg.Connection[Any],
+    tables: Sequence[TableName],
+    source: str,
+    *,
+    auto_install: bool,
+    publication: str = "",
+    replica_identity_full: bool = False,
+) -> None:
+    """What a consumer does on start: install missing rules (or say how), then follow the schema once.
+
+    Following repairs capture of tables created, renamed or recreated while no event trigger watched. A role
+    that may not change capture gets a warning; the rules installed earlier keep working.
+    """
+    missing = missing_rules(conn, tables, source, publication)
+    if missing and not auto_install:
+        names = " ".join(f"'{t}'" if t.is_pattern else str(t) for t in missing)
+        raise NotInstalled(
+            f"{source} capture is not installed on {names}; run `pgchanges install {names} --source {source}`"
+        )
+    if missing or replica_identity_full:
+        added = install(conn, tables, source, publication=publication, replica_identity_full=replica_identity_full)
+        if added:
+            log.info("installed %s capture on %s", source, ", ".join(str(t) for t in added))
+        return
+    if not auto_install:
+        return
+    try:
+        with conn.transaction():
+            changed = follow_all(conn)
+    except pg_errors.InsufficientPrivilege as exc:
+        log.warning("could not bring capture up to date with the schema: %s", " ".join(str(exc).split()))
+        return
+    if changed:
+        log.info("capture followed schema changes of %d table(s)", len(changed))
+
+
+def resolve(conn: psycopg.Connection[Any], tables: Iterable[TableName]) -> list[tuple[TableName, int]]:
+    """The existing tables that ``tables`` (names and patterns) stand for now, with their oids."""
+    out: dict[int, TableName] = {}
+    for name in tables:
+        if not name.is_pattern:
+            out[table_oid(conn, name)] = name
+            continue
+        schema_like, table_like = name.like_patterns
+        rows = conn.execute(
+            """SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
+                 AND n.nspname NOT IN ('pgchanges', 'pg_catalog', 'information_schema')
+                 AND n.nspname LIKE %s AND c.relname LIKE %s
+               ORDER BY 2, 3""",
+            (schema_like, table_like),
+        )
+        for oid, schema, table in rows:
+            out.setdefault(int(oid), TableName(schema, table))
+    return [(table, oid) for oid, table in out.items()]
 
 
 def schema_installed(conn: psycopg.Connection[Any]) -> bool:
@@ -144,41 +206,41 @@ def captures(conn: psycopg.Connection[Any]) -> list[Capture]:
     return [Capture(TableName(r[0], r[1]), r[2], int(r[3])) for r in rows]
 
 
-def missing_captures(conn: psycopg.Connection[Any], tables: Iterable[TableName], source: str) -> list[TableName]:
-    """The tables among ``tables`` whose ``source`` capture is not installed."""
-    have = {(c.table, c.source) for c in captures(conn)}
-    return [t for t in tables if (t, source) not in have]
-
-
 def uninstall(conn: psycopg.Connection[Any], tables: Iterable[TableName] | None = None) -> list[TableName]:
-    """Remove capture from ``tables`` (all tables when None); drop the schema when nothing is left.
+    """Remove the capture rules of ``tables`` (names or patterns; all when None) and the capture they made.
 
+    A table still matched by another rule stays captured. The schema is dropped when nothing is left.
     Returns the tables whose capture was removed.
     """
     if not schema_installed(conn):
         return []
-    removed: list[TableName] = []
+    names = None if tables is None else list(tables)
     try:
+        migrations.migrate(conn)
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (migrations.ADVISORY_LOCK_KEY,))
-            only = None if tables is None else set(tables)
-            for capture in captures(conn):
-                if only is not None and capture.table not in only:
-                    continue
-                _drop_triggers(conn, capture)
+            before = captures(conn)
+            if names is None:
+                conn.execute("DELETE FROM pgchanges.capture_rules")
+            for name in names or ():
+                schema_like, table_like = name.like_patterns
                 conn.execute(
-                    "DELETE FROM pgchanges.captures WHERE table_oid = %s AND source = %s",
-                    (capture.table_oid, capture.source),
+                    "DELETE FROM pgchanges.capture_rules WHERE schema_like = %s AND table_like = %s",
+                    (schema_like, table_like),
                 )
-                removed.append(capture.table)
-            left = conn.execute("SELECT count(*) FROM pgchanges.captures").fetchone()
-            if tables is None or (left and left[0] == 0):
+            follow_all(conn)
+            after = {(c.table_oid, c.source) for c in captures(conn)}
+            removed = [c.table for c in before if (c.table_oid, c.source) not in after]
+            left = conn.execute(
+                "SELECT (SELECT count(*) FROM pgchanges.captures) + (SELECT count(*) FROM pgchanges.capture_rules)"
+            ).fetchone()
+            if names is None or (left and left[0] == 0):
                 _drop_orphan_triggers(conn)
                 _drop_logical_objects(conn)
                 ddl.drop_ddl(conn)
                 conn.execute("DROP SCHEMA pgchanges CASCADE")
     except pg_errors.InsufficientPrivilege as exc:
-        raise PermissionDenied(_privilege_hint(exc, removed)) from None
+        raise PermissionDenied(_privilege_hint(exc, names or [])) from None
     return list(dict.fromkeys(removed))
 
 
@@ -191,32 +253,6 @@ def _drop_logical_objects(conn: psycopg.Connection[Any]) -> None:
             conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
         elif conn.execute("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (name,)).fetchone():
             conn.execute("SELECT pg_catalog.pg_drop_replication_slot(%s)", (name,))
-
-
-def _drop_triggers(conn: psycopg.Connection[Any], capture: Capture) -> None:
-    if capture.source == "logical":
-        _leave_publications(conn, capture)
-        return
-    for trigger in TRIGGERS.get(capture.source, ()):
-        conn.execute(
-            sql.SQL("DROP TRIGGER IF EXISTS {name} ON {table}").format(
-                name=sql.Identifier(trigger.name), table=capture.table.identifier
-            )
-        )
-
-
-def _leave_publications(conn: psycopg.Connection[Any], capture: Capture) -> None:
-    """Take the table out of the publications pgchanges created."""
-    rows = conn.execute(
-        """SELECT p.pubname FROM pg_catalog.pg_publication_rel r JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid
-           JOIN pgchanges.logical_objects o ON o.kind = 'publication' AND o.name = p.pubname
-           WHERE r.prrelid = %s""",
-        (capture.table_oid,),
-    ).fetchall()
-    for (name,) in rows:
-        conn.execute(
-            sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(name), capture.table.identifier)
-        )
 
 
 def _drop_orphan_triggers(conn: psycopg.Connection[Any]) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 
 import psycopg
 
-from pgchanges.capture import install as capture
 from pgchanges.errors import CaptureError
 from pgchanges.names import TableName
 
@@ -41,8 +40,7 @@ def install_logical(
     from pgchanges.sources.logical import ensure_publication, ensure_slot, publication_name  # noqa: PLC0415
 
     name = publication_name(tables)
-    oids = [capture.table_oid(conn, t) for t in tables]
-    ensure_publication(conn, name, tables, oids, replica_identity_full)
+    ensure_publication(conn, name, tables, replica_identity_full)
     if slot:
         ensure_slot(conn, slot)
     return name

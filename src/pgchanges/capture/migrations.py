@@ -57,3 +57,9 @@ def migrate(conn: psycopg.Connection[Any]) -> list[Migration]:
             )
             done.append(migration)
     return done
+
+
+def pending(conn: psycopg.Connection[Any]) -> list[Migration]:
+    """The shipped migrations this database has not applied yet."""
+    have = applied_versions(conn)
+    return [m for m in available() if m.version not in have]

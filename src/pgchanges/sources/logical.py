@@ -167,16 +167,10 @@ class LogicalSource:
                 f"wal_level is {level[0] if level else '?'}; logical capture needs wal_level = logical "
                 "(ALTER SYSTEM SET wal_level = logical, then restart the server)"
             )
-        oids = [capture.table_oid(conn, t) for t in self._tables]
-        missing = capture.missing_captures(conn, self._tables, "logical")
-        have_publication = conn.execute(
-            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %s", (self.publication,)
-        ).fetchone()
-        if (missing or not have_publication) and not self._auto_install:
-            names = " ".join(str(t) for t in self._tables)
-            raise NotInstalled(f"logical capture is not installed; run `pgchanges install {names} --source logical`")
         try:
-            ensure_publication(conn, self.publication, self._tables, oids, self._replica_identity_full)
+            ensure_publication(
+                conn, self.publication, self._tables, self._replica_identity_full, auto_install=self._auto_install
+            )
             slot_exists = conn.execute(
                 "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (self.slot,)
             ).fetchone()
@@ -616,41 +610,33 @@ def _numbered(change: Change) -> bool:
 
 
 def ensure_publication(
-    conn: psycopg.Connection[Any], name: str, tables: Sequence[TableName], oids: Sequence[int], full: bool
+    conn: psycopg.Connection[Any],
+    name: str,
+    tables: Sequence[TableName],
+    full: bool,
+    *,
+    auto_install: bool = True,
 ) -> None:
-    """Create the publication (or add missing tables), register the capture, optionally REPLICA IDENTITY FULL."""
-    migrations.migrate(conn)
-    with conn.transaction():
-        exists = conn.execute("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %s", (name,)).fetchone()
-        targets = sql.SQL(", ").join(t.identifier for t in tables)
-        if exists is None:
-            conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(name), targets))
+    """Create the publication when missing and the capture rules that fill it (optionally REPLICA IDENTITY FULL).
+
+    The publication is created empty and filled by the rules, so a pattern that matches no table yet still
+    gives a publication to stream from; tables created later join it (capture/sql/0006_follow.sql).
+    """
+    exists = conn.execute("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = %s", (name,)).fetchone()
+    if exists is None:
+        if not auto_install:
+            names = " ".join(f"'{t}'" if t.is_pattern else str(t) for t in tables)
+            raise NotInstalled(f"logical capture is not installed; run `pgchanges install {names} --source logical`")
+        migrations.migrate(conn)
+        with conn.transaction():
+            conn.execute(sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(name)))
             conn.execute(
                 "INSERT INTO pgchanges.logical_objects (kind, name) VALUES ('publication', %s) ON CONFLICT DO NOTHING",
                 (name,),
             )
-        else:
-            have = {
-                (r[0], r[1])
-                for r in conn.execute(
-                    "SELECT schemaname, tablename FROM pg_catalog.pg_publication_tables WHERE pubname = %s", (name,)
-                )
-            }
-            missing = [t for t in tables if (t.schema, t.table) not in have]
-            if missing:
-                conn.execute(
-                    sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                        sql.Identifier(name), sql.SQL(", ").join(t.identifier for t in missing)
-                    )
-                )
-        for table, oid in zip(tables, oids, strict=True):
-            if full:
-                conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(table.identifier))
-            conn.execute(
-                """INSERT INTO pgchanges.captures (table_oid, schema_name, table_name, source)
-                   VALUES (%s, %s, %s, 'logical') ON CONFLICT (table_oid, source) DO NOTHING""",
-                (oid, table.schema, table.table),
-            )
+    capture.ensure_capture(
+        conn, tables, "logical", auto_install=auto_install, publication=name, replica_identity_full=full
+    )
 
 
 def ensure_slot(conn: psycopg.Connection[Any], slot: str) -> None:

@@ -90,13 +90,7 @@ class NotifySource:
                 raise NotInstalled("DDL capture is not installed; run `pgchanges install --ddl` as a superuser")
             ddl_capture.install_ddl(self._control)
         if self._tables:
-            missing = capture.missing_captures(self._control, self._tables, "notify")
-            if missing and not self._auto_install:
-                names = " ".join(str(t) for t in missing)
-                raise NotInstalled(f"notify capture is not installed on {names}; run `pgchanges install {names}`")
-            if missing:
-                capture.install(self._control, missing, "notify")
-                log.info("installed notify capture on %s", ", ".join(str(t) for t in missing))
+            capture.ensure_capture(self._control, self._tables, "notify", auto_install=self._auto_install)
             self._control.execute(
                 "DELETE FROM pgchanges.spill WHERE created_at < now() - make_interval(secs => %s)",
                 (self._spill_retention,),

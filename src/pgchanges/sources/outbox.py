@@ -40,7 +40,7 @@ from pgchanges.capture.queries import query
 from pgchanges.change import Change, freeze
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.db.listener import ConnectionLost, Listener
-from pgchanges.errors import ConfigError, ConnectError, NotInstalled
+from pgchanges.errors import ConfigError, ConnectError
 from pgchanges.names import TableName
 from pgchanges.rowtypes import RowType, fetch_row_types
 from pgchanges.sources.base import Backoff, Event
@@ -190,23 +190,21 @@ class OutboxSource:
         return conn
 
     def _prepare(self, conn: psycopg.Connection[Any]) -> None:
+        conn.autocommit = True
+        try:
+            capture.ensure_capture(conn, self._tables, "outbox", auto_install=self._auto_install)
+        finally:
+            conn.autocommit = False
         with conn.transaction():
-            missing = capture.missing_captures(conn, self._tables, "outbox")
-        if missing and not self._auto_install:
-            names = " ".join(str(t) for t in missing)
-            raise NotInstalled(
-                f"outbox capture is not installed on {names}; run `pgchanges install {names} --source outbox`"
-            )
-        if missing:
-            conn.autocommit = True
-            try:
-                capture.install(conn, missing, "outbox")
-            finally:
-                conn.autocommit = False
-            log.info("installed outbox capture on %s", ", ".join(str(t) for t in missing))
-        with conn.transaction():
-            oids = [capture.table_oid(conn, table) for table in self._tables]
+            oids = [oid for _, oid in capture.resolve(conn, self._tables)]
             conn.execute(query("register_consumer"), {"consumer": self.consumer, "table_oids": oids})
+            for table in self._tables:
+                schema_like, table_like = table.like_patterns
+                conn.execute(
+                    """INSERT INTO pgchanges.consumer_rules (consumer, schema_like, table_like) VALUES (%s, %s, %s)
+                       ON CONFLICT DO NOTHING""",
+                    (self.consumer, schema_like, table_like),
+                )
 
     async def close(self) -> None:
         if self._open_batch is not None and self._conn is not None and not self._conn.broken:

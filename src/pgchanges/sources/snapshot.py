@@ -41,8 +41,7 @@ class TableSnapshot:
 def plan(conn: psycopg.Connection[Any], slot: str, tables: Sequence[TableName]) -> list[TableSnapshot]:
     """What remains to be read for ``slot`` (all tables when it has no recorded progress)."""
     out: list[TableSnapshot] = []
-    for table in tables:
-        oid = capture.table_oid(conn, table)
+    for table, oid in capture.resolve(conn, tables):
         key = conn.execute(capture.PRIMARY_KEY_SQL, (oid,)).fetchone()
         progress = conn.execute(
             "SELECT last_key, done FROM pgchanges.snapshot_progress WHERE slot = %s AND table_oid = %s", (slot, oid)

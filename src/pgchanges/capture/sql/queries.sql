@@ -64,14 +64,17 @@ SELECT c.event_id, c.row_key, c.attempts,
        EXISTS (SELECT 1 FROM pgchanges.queue p
                WHERE p.consumer = %(consumer)s AND p.row_key = c.row_key AND p.event_id < c.event_id
                  AND NOT p.done AND p.event_id NOT IN (SELECT event_id FROM claimed)) AS blocked,
-       c.xid::text::bigint, e.table_oid, coalesce(n.nspname, k.schema_name, '?')::text,
-       coalesce(r.relname, k.table_name, e.table_oid::text)::text, e.op, e.new_row::text, e.old_row::text,
-       c.last_error
+       c.xid::text::bigint, e.table_oid, coalesce(h.schema_name, n.nspname, k.schema_name, '?')::text,
+       coalesce(h.table_name, r.relname, k.table_name, e.table_oid::text)::text, e.op, e.new_row::text,
+       e.old_row::text, c.last_error
 FROM claimed c
 JOIN pgchanges.events e ON e.id = c.event_id
 LEFT JOIN pg_catalog.pg_class r ON r.oid = e.table_oid
 LEFT JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
 LEFT JOIN pgchanges.captures k ON k.table_oid = e.table_oid AND k.source = 'outbox'
+LEFT JOIN LATERAL (  -- the name the table had when the event was written, if it was renamed or dropped since
+    SELECT t.schema_name, t.table_name FROM pgchanges.table_names t
+    WHERE t.table_oid = e.table_oid AND t.until_event_id > e.id ORDER BY t.until_event_id LIMIT 1) h ON true
 ORDER BY c.event_id
 
 -- name: tombstone
