@@ -260,8 +260,10 @@ class App:
                 serve: Any = cast(Any, source).serve
                 on_transaction = self._handle_transaction if self._transaction_handlers else None
                 tg.start_soon(partial(serve, self._handle_with_policy, on_transaction=on_transaction))
-            else:
+            elif self.source_kind == "outbox":  # retries failed changes itself
                 tg.start_soon(source.serve, self._handle_durable)
+            else:
+                tg.start_soon(source.serve, self._handle_with_policy)
             task_status.started()
             await self._stop.wait()
             log.info("stopping: finishing the batch in hand")
@@ -284,7 +286,7 @@ class App:
                 await anyio.to_thread.run_sync(route.handler, change, abandon_on_cancel=True)
 
     async def _handle_with_policy(self, change: Change, tx: Any) -> None:
-        """For sources without retries (logical): a failing handler follows the App's ``on_error`` policy."""
+        """For sources without retries (logical, polling): a failing handler follows the App's ``on_error`` policy."""
         try:
             await self._handle_durable(change, tx)
         except Exception as exc:

@@ -16,8 +16,8 @@ from typing import Any, Literal, NamedTuple
 
 from pgchanges import valuecodec
 
-Op = Literal["insert", "update", "delete", "truncate", "ddl", "message", "gap"]
-OPS: frozenset[str] = frozenset(("insert", "update", "delete", "truncate", "ddl", "message", "gap"))
+Op = Literal["insert", "update", "delete", "truncate", "upsert", "ddl", "message", "gap"]
+OPS: frozenset[str] = frozenset(("insert", "update", "delete", "truncate", "upsert", "ddl", "message", "gap"))
 
 Row = Mapping[str, Any]
 EMPTY: tuple[str, ...] = ()

@@ -53,7 +53,7 @@ def _add_capture_commands(sub: Any) -> None:
     _common(p)
     p.add_argument("tables", nargs="*", metavar="TABLE")
     p.add_argument("--ddl", action="store_true", help="also install the DDL event triggers (needs a superuser)")
-    p.add_argument("--source", default="notify", choices=SOURCES)
+    p.add_argument("--source", default="notify", choices=capture.SOURCES)
     p.add_argument("--slot", help="logical: also create this replication slot")
     p.add_argument(
         "--replica-identity",
@@ -89,8 +89,21 @@ def _add_stream_commands(sub: Any) -> None:
     p.add_argument("--ops", help="comma-separated ops to show (default: all)")
     p.add_argument("--count", type=int, help="exit after this many changes")
     p.add_argument("--no-install", action="store_true", help="fail instead of installing missing capture")
-    p.add_argument("--consumer", default="pgchanges-tail", help="outbox consumer name (resumes where it stopped)")
+    p.add_argument(
+        "--consumer", default="pgchanges-tail", help="outbox/polling consumer name (resumes where it stopped)"
+    )
     p.add_argument("--slot", help="logical: replication slot (resumes where it stopped; default: a temporary one)")
+    p.add_argument("--column", help="polling: the watermark column (e.g. updated_at)")
+    p.add_argument("--interval", type=float, default=1.0, help="polling: seconds between polls (default 1)")
+    p.add_argument("--soft-delete", help="polling: column that marks deleted rows (e.g. deleted_at)")
+    p.add_argument(
+        "--late-window",
+        type=float,
+        default=300.0,
+        help="polling: how far behind the watermark late commits are looked for (seconds; default 300)",
+    )
+    p.add_argument("--state-file", help="polling: keep the watermark in this file (default: a table, else a file)")
+    p.add_argument("--from-now", action="store_true", help="polling: a new consumer skips existing rows")
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("run", help="run an App: pgchanges run package.module:app")
@@ -147,7 +160,12 @@ def cmd_install(args: argparse.Namespace) -> int:
         return 0
     with connect(_conninfo(args)) as conn:
         added = capture.install(conn, tables, args.source)
+        now = {str(name): [str(t) for t, _ in capture.resolve(conn, [name])] for name in tables if name.is_pattern}
     for table in tables:
+        if table.is_pattern:
+            matched = ", ".join(now[str(table)]) or "no table yet"
+            print(f"{args.source} capture installed for {table} (now: {matched}; tables created later too)")
+            continue
         state = "installed" if table in added else "already installed"
         print(f"{args.source} capture {state} on {table}")
     return 0
@@ -247,6 +265,18 @@ def _tail_options(args: argparse.Namespace) -> dict[str, Any]:
         return {"consumer": args.consumer, "batch_size": 1}
     if args.source == "logical":
         return {"slot": args.slot}
+    if args.source == "polling":
+        if not args.column:
+            raise ConfigError("--source polling needs --column (the watermark column, e.g. updated_at)")
+        return {
+            "column": args.column,
+            "consumer": args.consumer,
+            "interval": args.interval,
+            "soft_delete": args.soft_delete,
+            "late_window": args.late_window,
+            "state_file": args.state_file,
+            "start": "now" if args.from_now else "beginning",
+        }
     return {}
 
 

@@ -25,7 +25,7 @@ def _row(row: Mapping[str, Any] | None) -> str:
 def format_change(change: Change, now: datetime | None = None) -> str:
     stamp = (now or datetime.now()).strftime("%H:%M:%S.%f")[:-3]
     where = change.qualified_table or ""
-    if change.op == "insert":
+    if change.op in ("insert", "upsert"):
         detail = _row(change.new)
     elif change.op == "update":
         old, new = change.old or {}, change.new or {}

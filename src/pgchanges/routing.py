@@ -43,7 +43,7 @@ def _positional_parameters(handler: Callable[..., Any]) -> int:
 
 def normalise_ops(ops: Iterable[str] | str | None) -> frozenset[str]:
     if ops is None:
-        return frozenset(("insert", "update", "delete", "truncate"))
+        return frozenset(("insert", "update", "delete", "truncate", "upsert"))
     chosen = frozenset([ops] if isinstance(ops, str) else ops)
     unknown = chosen - OPS
     if unknown:

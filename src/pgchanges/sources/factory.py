@@ -9,7 +9,7 @@ from pgchanges.errors import ConfigError
 from pgchanges.names import TableName
 from pgchanges.sources.base import Source
 
-SOURCES = ("notify", "outbox", "logical")
+SOURCES = ("notify", "outbox", "logical", "polling")
 
 
 def make_source(
@@ -27,4 +27,8 @@ def make_source(
         from pgchanges.sources.logical import LogicalSource  # noqa: PLC0415
 
         return LogicalSource(conninfo, tables, channels, **options)
+    if kind == "polling":
+        from pgchanges.sources.polling import PollingSource  # noqa: PLC0415
+
+        return PollingSource(conninfo, tables, channels, **options)
     raise ConfigError(f"unknown source {kind!r}; available: {', '.join(SOURCES)}")

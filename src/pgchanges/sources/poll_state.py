@@ -1,0 +1,121 @@
+"""Where a polling consumer keeps its watermarks: a table in schema pgchanges when it may write one, else a file.
+
+The state of one table is a small JSON object (see :class:`pgchanges.sources.polling.TableState`). Writes to
+the file are atomic (temporary file, fsync, rename), so a killed consumer finds either the old or the new state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
+
+from pgchanges.capture import migrations
+
+log = logging.getLogger("pgchanges.polling")
+
+
+class StateStore(Protocol):
+    def load(self, table: str) -> dict[str, Any] | None: ...
+
+    def save(self, table: str, state: dict[str, Any]) -> None: ...
+
+
+class TableStore:
+    """State rows in ``pgchanges.poll_state``, one per (consumer, table)."""
+
+    where = "table pgchanges.poll_state"
+
+    def __init__(self, conn: psycopg.Connection[Any], consumer: str) -> None:
+        self._conn = conn
+        self._consumer = consumer
+
+    def load(self, table: str) -> dict[str, Any] | None:
+        row = self._conn.execute(
+            "SELECT state FROM pgchanges.poll_state WHERE consumer = %s AND table_name = %s", (self._consumer, table)
+        ).fetchone()
+        return dict(row[0]) if row else None
+
+    def save(self, table: str, state: dict[str, Any]) -> None:
+        self._conn.execute(
+            """INSERT INTO pgchanges.poll_state (consumer, table_name, state) VALUES (%s, %s, %s)
+               ON CONFLICT (consumer, table_name) DO UPDATE SET state = excluded.state, updated_at = now()""",
+            (self._consumer, table, Jsonb(state)),
+        )
+
+
+class FileStore:
+    """State in one JSON file per consumer and database."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = f"file {path}"
+        self._states: dict[str, dict[str, Any]] = {}
+        if path.exists():
+            try:
+                self._states = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise OSError(f"cannot read the polling state file {path}: {exc}") from None
+
+    def load(self, table: str) -> dict[str, Any] | None:
+        return self._states.get(table)
+
+    def save(self, table: str, state: dict[str, Any]) -> None:
+        self._states[table] = state
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                json.dump(self._states, out, sort_keys=True)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def default_state_file(conn: psycopg.Connection[Any], consumer: str) -> Path:
+    """``$XDG_STATE_HOME/pgchanges/<consumer>-<database digest>.json`` (``~/.local/state`` by default)."""
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    where = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname}"
+    digest = hashlib.sha256(where.encode()).hexdigest()[:12]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in consumer)
+    return base / "pgchanges" / f"{safe}-{digest}.json"
+
+
+def open_store(
+    conn: psycopg.Connection[Any], consumer: str, state_file: str | Path | None, auto_install: bool
+) -> TableStore | FileStore:
+    """A file store when ``state_file`` is given; else the table when this role may use (or create) it."""
+    if state_file is not None:
+        return FileStore(Path(state_file))
+    if _table_usable(conn, auto_install):
+        return TableStore(conn, consumer)
+    path = default_state_file(conn, consumer)
+    log.info("this role cannot write pgchanges.poll_state; keeping the watermark in %s", path)
+    return FileStore(path)
+
+
+def _table_usable(conn: psycopg.Connection[Any], auto_install: bool) -> bool:
+    row = conn.execute(
+        """SELECT to_regclass('pgchanges.poll_state') IS NOT NULL
+                  AND has_table_privilege('pgchanges.poll_state', 'SELECT, INSERT, UPDATE')"""
+    ).fetchone()
+    if row and row[0]:
+        return True
+    if not auto_install:
+        return False
+    try:
+        migrations.migrate(conn)
+    except (pg_errors.InsufficientPrivilege, pg_errors.ReadOnlySqlTransaction):
+        return False
+    return True
