@@ -27,6 +27,7 @@ from pgchanges.db.connect import connect
 from pgchanges.display import format_change
 from pgchanges.errors import ConfigError, PgChangesError
 from pgchanges.names import parse_table
+from pgchanges.sources import poll_state
 from pgchanges.sources.factory import SOURCES
 from pgchanges.stream import stream
 
@@ -185,14 +186,31 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     with connect(_conninfo(args)) as conn:
         found = capture.captures(conn)
+        rules = capture.rules(conn)
+        following = ddl_capture.ddl_installed(conn)
         consumers = outbox_admin.consumer_status(conn) if found else []
+        polling = poll_state.list_states(conn)
+    if rules:
+        how = "by the DDL event trigger" if following else "by consumers, every few seconds (install --ddl: at once)"
+        print(f"capture rules (new and renamed tables are followed {how})")
+        for rule in rules:
+            publication = f" (publication {rule.publication})" if rule.publication else ""
+            print(f"  {rule.source:<8} {rule.pattern}{publication}")
+        print()
     if not found:
         print("nothing is captured")
+    else:
+        print("captured tables")
     for item in found:
-        print(f"{item.source:<8} {item.table}")
+        print(f"  {item.source:<8} {item.table}")
     if consumers:
         print()
         print(outbox_admin.format_status(consumers))
+    if polling:
+        print()
+        print(f"{'polling consumer':<20} {'table':<32} {'watermark':<40} saved")
+        for consumer, table, position, saved in polling:
+            print(f"{consumer:<20} {table:<32} {position:<40} {saved:%Y-%m-%d %H:%M:%S}")
     return 0
 
 

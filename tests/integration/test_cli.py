@@ -21,8 +21,24 @@ def test_install_status_uninstall(dsn, db):
     ]
     again = run("install", "orders", "--dsn", dsn)
     assert again.stdout.strip() == "notify capture already installed on public.orders"
-    status = run("status", env={"DATABASE_URL": dsn})
-    assert status.stdout.split() == ["notify", 'public."Odd', 'Name"', "notify", "public.orders"]
+    pattern = run("install", "public.log_*", "--dsn", dsn)
+    assert (
+        pattern.stdout.strip()
+        == "notify capture installed for public.log_* (now: no table yet; tables created later too)"
+    )
+    db.execute("CREATE TABLE log_a (id int)")  # no event trigger here: the next install/consumer follows it
+    status = run("status", env={"DATABASE_URL": dsn}).stdout.splitlines()
+    assert status[0].startswith("capture rules (new and renamed tables are followed by consumers")
+    assert [line.split() for line in status[1:4]] == [
+        ["notify", 'public."Odd', 'Name"'],
+        ["notify", "public.log_*"],
+        ["notify", "public.orders"],
+    ]
+    assert [line.split() for line in status[5:]] == [
+        ["captured", "tables"],
+        ["notify", 'public."Odd', 'Name"'],
+        ["notify", "public.orders"],
+    ]
     gone = run("uninstall", "--dsn", dsn)
     assert gone.returncode == 0 and "capture removed from public.orders" in gone.stdout
     assert run("status", "--dsn", dsn).stdout.strip() == "nothing is captured"

@@ -104,6 +104,36 @@ def follow_all(conn: psycopg.Connection[Any]) -> list[int]:
     return [int(r[0]) for r in conn.execute("SELECT table_oid FROM pgchanges.follow_all_v1()")]
 
 
+@dataclass(frozen=True)
+class Rule:
+    source: str
+    pattern: TableName
+    publication: str
+
+
+def rules(conn: psycopg.Connection[Any]) -> list[Rule]:
+    """The capture rules: what is captured, by name or pattern (tables created later included)."""
+    if not schema_installed(conn) or conn.execute("SELECT to_regclass('pgchanges.capture_rules')").fetchone() == (
+        None,
+    ):
+        return []
+    rows = conn.execute(
+        "SELECT source, schema_like, table_like, publication FROM pgchanges.capture_rules ORDER BY 1, 2, 3, 4"
+    ).fetchall()
+    return [Rule(r[0], TableName(_from_like(r[1]), _from_like(r[2])), r[3]) for r in rows]
+
+
+def _from_like(pattern: str) -> str:
+    out: list[str] = []
+    chars = iter(pattern)
+    for char in chars:
+        if char == "\\":
+            out.append(next(chars, ""))
+        else:
+            out.append({"%": "*", "_": "?"}.get(char, char))
+    return "".join(out)
+
+
 def missing_rules(
     conn: psycopg.Connection[Any], tables: Iterable[TableName], source: str, publication: str = ""
 ) -> list[TableName]:

@@ -119,3 +119,13 @@ def _table_usable(conn: psycopg.Connection[Any], auto_install: bool) -> bool:
     except (pg_errors.InsufficientPrivilege, pg_errors.ReadOnlySqlTransaction):
         return False
     return True
+
+
+def list_states(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str, Any]]:
+    """(consumer, table, watermark, saved at) of the polling consumers that keep their state in the table."""
+    if conn.execute("SELECT to_regclass('pgchanges.poll_state')").fetchone() == (None,):
+        return []
+    rows = conn.execute(
+        "SELECT consumer, table_name, state -> 'position', updated_at FROM pgchanges.poll_state ORDER BY 1, 2"
+    ).fetchall()
+    return [(r[0], r[1], ", ".join(r[2]) if r[2] else "(start)", r[3]) for r in rows]
