@@ -97,12 +97,19 @@ STAMPED_INSERT = "INSERT INTO bench_events VALUES (%s, extract(epoch FROM clock_
 
 
 async def timed_noop_app(
-    app: Any, table: str, n: int, *, ops: Any = None, start_clock: Callable[[], float] | None = None
+    app: Any,
+    table: str,
+    n: int,
+    *,
+    ops: Any = None,
+    start_clock: Callable[[], float] | None = None,
+    read_values: bool = False,
 ) -> float:
     """Changes/s of ``app`` with a no-op handler on ``table`` until ``n`` changes were handled.
 
     ``start_clock``, when given, is called once the App listens (to write the rows) and returns the start time;
-    otherwise the clock starts before the App opens (the rows are there already).
+    otherwise the clock starts before the App opens (the rows are there already). ``read_values``: the handler
+    reads every value of the row (``dict(change.new)``) instead of nothing.
     """
     seen = 0
     done = anyio.Event()
@@ -110,6 +117,8 @@ async def timed_noop_app(
     @app.on(table, ops=ops)
     async def noop(change: Any) -> None:
         nonlocal seen
+        if read_values:
+            dict(change.new)
         seen += 1
         if seen == n:
             done.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -40,7 +41,25 @@ def dsn(cluster: LocalCluster) -> Iterator[str]:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     yield cluster.dsn(name)
     with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        _drop_database(admin, name)
+
+
+def _drop_database(admin: psycopg.Connection[Any], name: str) -> None:
+    """Drop a test database. A walsender of a just-closed stream may still hold its slot for a moment: end it
+    and wait (bounded) for the slot to be released, which DROP DATABASE requires."""
+    deadline = time.monotonic() + 10
+    while True:
+        active = admin.execute(
+            """SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+               WHERE database = %s AND active AND active_pid IS NOT NULL""",
+            (name,),
+        ).fetchall()
+        if not active:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"replication slots of {name} stayed active for 10 s")
+        time.sleep(0.05)  # the terminated walsender releases its slot asynchronously; nothing to await
+    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture

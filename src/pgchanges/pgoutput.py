@@ -307,6 +307,26 @@ class _Reader:
         return TupleData(tuple(values), tuple(binary) if binary else ())
 
 
+def is_plain_insert(data: bytes) -> bool:
+    """Whether ``data`` is an Insert outside a streamed transaction (tag, relation oid, "N", tuple)."""
+    return len(data) > 6 and data[0] == 73 and data[5] == 78
+
+
+def insert_relation(data: bytes) -> int:
+    """The relation oid of a plain Insert (see :func:`is_plain_insert`)."""
+    oid: int = _U32.unpack_from(data, 1)[0]
+    return oid
+
+
+def insert_tuple(data: bytes) -> TupleData:
+    """The new row of a plain Insert, checked like :meth:`Decoder.decode` checks it."""
+    reader = _Reader(data)
+    reader.pos = 6
+    new = reader.tuple_data()
+    reader.done()
+    return new
+
+
 class Decoder:
     """Decodes one pgoutput message at a time; knows whether it is inside a streamed transaction."""
 

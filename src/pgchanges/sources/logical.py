@@ -21,7 +21,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import MappingProxyType
 from typing import Any
 
 import anyio
@@ -48,11 +47,14 @@ from pgchanges.pgoutput import (
     Truncate,
     TupleData,
     Update,
+    insert_relation,
+    is_plain_insert,
     lsn_to_str,
 )
 from pgchanges.rowtypes import Converter, fetch_type_info, text_converter
 from pgchanges.sources import snapshot as snapshot_mod
 from pgchanges.sources.base import Backoff, Event, gap_marker
+from pgchanges.sources.lazy_row import LazyRow
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +334,8 @@ class LogicalSource:
 
     async def _handle(self, messages: list[Any]) -> list[Event]:
         out: list[Event] = []
-        decode = self._decoder.decode
+        decoder = self._decoder
+        decode = decoder.decode
         for message in messages:
             if isinstance(message, Keepalive):
                 if not self._pending and self._current is None and message.wal_end > self._flushed:
@@ -340,11 +343,12 @@ class LogicalSource:
                 if message.reply_requested:
                     self._send_status()
                 continue
-            decoded = decode(message.payload)
-            if type(decoded) is Insert and self._current is not None and self._current.changes is None:
-                out.append(self._insert_change(decoded, self._current))  # the common case, without detours
+            payload = message.payload
+            current = self._current
+            if current is not None and current.changes is None and is_plain_insert(payload) and not decoder.in_stream:
+                out.append(self._insert_change(payload, current))  # the common case, without detours
                 continue
-            change = await self._apply(decoded)
+            change = await self._apply(decode(payload))
             if change is not None:
                 out.extend(change)
         return out
@@ -430,8 +434,6 @@ class LogicalSource:
         return f"nontx:{uuid.uuid4().hex}", None
 
     def _row_change(self, message: Insert | Update | Delete) -> Change:
-        if type(message) is Insert and self._current is not None:
-            return self._insert_change(message, self._current)
         relation = self._relations[message.relation_oid]
         change_id, txn = self._next_id()
         new = old = None
@@ -461,21 +463,17 @@ class LogicalSource:
             self.name,
         )
 
-    def _insert_change(self, message: Insert, txn: _Transaction) -> Change:
-        relation = self._relations[message.relation_oid]
+    def _insert_change(self, payload: bytes, txn: _Transaction) -> Change:
+        relation = self._relations[insert_relation(payload)]
         self._seq += 1
         self._emitted += 1
         txn.delivered += 1
-        new = {
-            name: value if value is None or value is UNCHANGED_TOAST else convert(value)
-            for name, convert, value in zip(relation.names, relation.converters, message.new.values, strict=False)
-        }
         return Change(
             f"{txn.commit_text}:{self._seq}",
             "insert",
             relation.schema,
             relation.table,
-            MappingProxyType(new),
+            LazyRow(relation.names, relation.converters, payload),
             None,
             EMPTY,
             txn.xid,
