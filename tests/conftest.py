@@ -87,3 +87,13 @@ async def take(changes: Any, count: int, timeout: float = 15.0) -> list[Any]:
             got.append(await iterator.__anext__())
         return got
     pytest.fail(f"timed out after {timeout}s with {len(got)} of {count} changes: {got[-3:]!r}")
+
+
+def outbox_pending(db: psycopg.Connection[Any]) -> int:
+    """Outbox events cut into batches or parked, not yet acknowledged (every consumer)."""
+    row = db.execute(
+        """SELECT (SELECT coalesce(sum(cardinality(event_ids)), 0) FROM pgchanges.batches)
+                  + (SELECT count(*) FROM pgchanges.parked)"""
+    ).fetchone()
+    assert row is not None
+    return int(row[0])

@@ -261,6 +261,7 @@ class App:
                 on_transaction = self._handle_transaction if self._transaction_handlers else None
                 tg.start_soon(partial(serve, self._handle_with_policy, on_transaction=on_transaction))
             elif self.source_kind == "outbox":  # retries failed changes itself
+                await cast(Any, source).prepare_serving()
                 tg.start_soon(source.serve, self._handle_durable)
             else:
                 tg.start_soon(source.serve, self._handle_with_policy)

@@ -280,7 +280,7 @@ def _tail_options(args: argparse.Namespace) -> dict[str, Any]:
     if not args.tables:
         raise ConfigError("name at least one TABLE, or --ddl")
     if args.source == "outbox":
-        return {"consumer": args.consumer, "batch_size": 1}
+        return {"consumer": args.consumer, "batch_size": 1, "lanes": 1}  # a terminal shows commit order
     if args.source == "logical":
         return {"slot": args.slot}
     if args.source == "polling":

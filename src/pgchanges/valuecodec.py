@@ -131,6 +131,8 @@ def decode_value(plain: Any, tag: str) -> Any:
     """The inverse of :func:`encode_value`."""
     if plain is None or not tag:
         return plain
+    while tag.endswith("[]") and not isinstance(plain, list):  # shallower than the tag says (ragged nesting)
+        tag = tag[:-2]
     if tag.endswith("[]"):
         inner = tag[:-2]
         return [decode_value(item, inner) for item in plain]

@@ -8,7 +8,7 @@ import pytest
 import pgchanges
 from pgchanges.change import Change
 from tests.cli_process import Running, run
-from tests.conftest import wait_until
+from tests.conftest import outbox_pending, wait_until
 
 
 def tail(dsn, *extra):
@@ -20,7 +20,7 @@ def tail(dsn, *extra):
 
 
 def queued(db):
-    return db.execute("SELECT count(*) FROM pgchanges.queue WHERE consumer = 'cli'").fetchone()[0]
+    return outbox_pending(db)
 
 
 def test_killed_tail_continues_where_it_stopped(dsn, db):
@@ -78,7 +78,7 @@ def test_dead_letters_list_retry_drop_and_replay(dsn, db):
         "1 dead letter(s) of billing queued again"
         in run("dead-letters", "retry", str(first_id), "--consumer", "billing", "--dsn", dsn).stdout
     )
-    assert db.execute("SELECT event_id FROM pgchanges.queue").fetchall() == [(first_id,)]
+    assert db.execute("SELECT event_id FROM pgchanges.parked").fetchall() == [(first_id,)]
     assert (
         "1 dead letter(s) of billing dropped"
         in run("dead-letters", "drop", "--consumer", "billing", "--dsn", dsn).stdout

@@ -18,7 +18,7 @@ WORKER = """
 import os, signal, time
 import pgchanges
 
-app = pgchanges.App({dsn!r}, source="outbox", consumer="procs", batch_size={batch})
+app = pgchanges.App({dsn!r}, source="outbox", consumer="procs", batch_size={batch}, lanes={lanes})
 out = open({path!r}, "a", buffering=1)
 
 @app.on("public.t")
@@ -29,9 +29,11 @@ async def handle(change):
 """
 
 
-def start_worker(tmp_path, dsn, name, batch, kill_at=None):
+def start_worker(tmp_path, dsn, name, batch, kill_at=None, lanes=8):
     (tmp_path / f"{name}.py").write_text(
-        textwrap.dedent(WORKER.format(dsn=dsn, batch=batch, path=str(tmp_path / f"{name}.out"), kill_at=kill_at))
+        textwrap.dedent(
+            WORKER.format(dsn=dsn, batch=batch, lanes=lanes, path=str(tmp_path / f"{name}.out"), kill_at=kill_at)
+        )
     )
     worker = Running("run", f"{name}:app", "-v", cwd=tmp_path)
     worker.wait_stderr("listening for changes")
@@ -61,11 +63,12 @@ def wait_for(predicate, what, timeout=60.0):
 
 def test_worker_killed_mid_batch_loses_nothing_and_repeats_only_its_batch(dsn, db, tmp_path):
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
-    victim = start_worker(tmp_path, dsn, "victim", batch=10, kill_at=55)
+    # one lane: every event in one sequence of batches of 10, so the batch in flight is known exactly
+    victim = start_worker(tmp_path, dsn, "victim", batch=10, kill_at=55, lanes=1)
     db.execute("INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g")
     assert victim.finish(timeout=60) == -9
     assert [r[0] for r in handled(tmp_path, "victim")] == list(range(1, 56))
-    survivor = start_worker(tmp_path, dsn, "survivor", batch=10)
+    survivor = start_worker(tmp_path, dsn, "survivor", batch=10, lanes=1)
     wait_for(lambda: line_count(tmp_path, "survivor") >= 50, "the survivor to handle the rest")
     survivor.proc.terminate()
     assert survivor.finish() == 0

@@ -121,3 +121,10 @@ def test_change_is_immutable():
         change.op = "delete"
     with pytest.raises(TypeError):
         change.new["a"] = 2
+
+
+def test_ragged_nested_lists_round_trip():
+    """Found by hypothesis: an element shallower than the list's first one ([[date], date])."""
+    row = {"0": [[date(2000, 1, 1)], date(2000, 1, 1)]}
+    again = Change.from_json(make({}, row).to_json())
+    assert dict(again.old) == row

@@ -1,19 +1,20 @@
 """The outbox source: durable, at-least-once delivery from an event table, with competing workers.
 
-Row triggers write each change into ``pgchanges.events`` inside the writer's transaction. Each named consumer
-copies the events of its tables into its own queue (see ``capture/sql/0002_outbox.sql`` for why no event that
-commits late is ever skipped), then workers claim batches with ``FOR UPDATE SKIP LOCKED`` in a transaction
-that stays open while the handlers run:
+Row triggers write each change into ``pgchanges.events`` inside the writer's transaction. A named consumer
+reads them in batches, without copying them (``capture/sql/0008_outbox_lanes.sql``):
 
-* an event is acknowledged (deleted from the queue) in that transaction, after its handlers returned; a
-  handler that takes a second argument gets the transaction, so its own writes and the acknowledgement commit
-  together (exactly once for database work);
-* a worker that dies, or loses its connection, leaves its transaction to be rolled back by the server: its
-  events become claimable again at once (duplicates are limited to what was in flight);
-* a failing handler's event is retried with exponential backoff and jitter; after ``max_attempts`` it moves to
-  ``pgchanges.dead_letters`` with the error text;
-* events of one row (same table and primary key) are handled in commit order, even across workers: an event
-  is not handled while an earlier event of its row is pending (in flight elsewhere, or waiting to be retried).
+* a **cut** takes the events that became visible since the consumer's last cut snapshot (an event that commits
+  late lands in a later cut, it is never skipped) and splits them by row key into the consumer's ``lanes``;
+* a worker locks one lane (``FOR UPDATE SKIP LOCKED``) and handles its oldest batch in a transaction that stays
+  open while the handlers run. The batch is acknowledged (its row deleted) in that transaction, after its
+  handlers returned; a handler that takes a second argument gets the transaction, so its own writes and the
+  acknowledgement commit together (exactly once for database work);
+* all events of a row (same table and primary key) fall into one lane, and one worker at a time holds a lane,
+  so a row's events are handled in commit order however many workers run; different lanes run in parallel;
+* a worker that dies, or loses its connection, leaves its transaction to be rolled back by the server: the
+  batch becomes claimable again at once (duplicates are limited to what was in flight);
+* a failing handler's event is **parked** and retried with exponential backoff and jitter, later events of its
+  row wait parked behind it; after ``max_attempts`` it moves to ``pgchanges.dead_letters`` with the error.
 
 Idle workers register in ``pgchanges.sleepers`` and LISTEN; writers NOTIFY only while someone sleeps.
 """
@@ -30,6 +31,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -37,14 +39,14 @@ import psycopg
 
 from pgchanges.capture import install as capture
 from pgchanges.capture.queries import query
-from pgchanges.change import Change, freeze
+from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.db.listener import ConnectionLost, Listener
 from pgchanges.errors import ConfigError, ConnectError
 from pgchanges.names import TableName
 from pgchanges.rowtypes import RowType, fetch_row_types
 from pgchanges.sources.base import Backoff, Event
-from pgchanges.sources.rows import parse_json, row_change
+from pgchanges.sources.rows import LazyJsonRow, parse_json, row_change
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,6 @@ WAKE_CHANNEL = "pgchanges:outbox"
 MAINTENANCE_EVERY_SECONDS = 60.0
 PURGE_BATCH = 10_000
 MAINTENANCE_LOCK = 0x70676368_6D  # "pgchm"
-ANALYZE_AFTER_ROWS = 1000
-COPY_INTERVAL_SECONDS = 0.2
 IDLE_POLL_SECONDS = (0.005, 0.01, 0.02, 0.04)
 
 
@@ -109,22 +109,32 @@ DurableHandler = Callable[[Change, Transaction], Awaitable[None]]
 @dataclass
 class _Claimed:
     event_id: int
-    xid: int
-    row_key: str
+    row_key: str | None  # read only when the lane has parked events
     attempts: int
-    last_error: str | None
-    blocked: bool
+    parked: bool  # it came from the parked events (a retry), not from the batch
+    blocked: bool  # an earlier event of its row is parked: it is parked behind it, not handled now
     change: Change
 
 
 @dataclass
-class _Outcome:
-    """What to write back when a batch ends: claiming deleted every event, so each one lands somewhere."""
+class _Claim:
+    """A locked lane: its runnable parked events, then its oldest batch (``batch`` is its cut and chunk)."""
 
-    finished: list[_Claimed] = field(default_factory=list)  # handled: tombstoned if the horizon is behind
-    released: list[_Claimed] = field(default_factory=list)  # not attempted: back into the queue unchanged
+    lane: int
+    batch: tuple[int, int] | None
+    items: list[_Claimed]
+
+
+@dataclass
+class _Outcome:
+    """What to write back when a lane's transaction ends."""
+
+    finished: list[_Claimed] = field(default_factory=list)  # handled
+    released: list[_Claimed] = field(default_factory=list)  # not attempted: parked (behind their row) as they are
     retry: list[tuple[_Claimed, float, str]] = field(default_factory=list)
     bury: list[tuple[_Claimed, str]] = field(default_factory=list)
+    deferred: list[_Claimed] = field(default_factory=list)  # stream: delivered, not acknowledged yet
+    defer_seconds: float = 0.0
 
 
 class OutboxSource:
@@ -141,8 +151,11 @@ class OutboxSource:
         consumer: str = "default",
         auto_install: bool = True,
         batch_size: int = 200,
+        lanes: int = 8,
         retry: RetryPolicy = RetryPolicy(),
         handler_timeout: float = 60.0,
+        ack_wait: float = 30.0,
+        concurrency: int = 2,
         retention: float = 86_400.0,
         poll_interval: float = 1.0,
         backoff: Backoff = Backoff(),  # noqa: B008 - immutable
@@ -157,22 +170,44 @@ class OutboxSource:
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._auto_install = auto_install
         self.batch_size = batch_size
+        if not 1 <= lanes <= 1024:
+            raise ConfigError(f"lanes must be between 1 and 1024, not {lanes}")
+        self.lanes = lanes
+        self._start_lane = random.randrange(lanes)  # noqa: S311 - spreading workers, not cryptography
         self._retry = retry
         self._handler_timeout = handler_timeout
+        self._ack_wait = ack_wait
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be at least 1, not {concurrency}")
+        self._concurrency = concurrency
+        self._sibling_options: dict[str, Any] = {
+            "consumer": consumer,
+            "auto_install": False,
+            "batch_size": batch_size,
+            "lanes": lanes,
+            "retry": retry,
+            "handler_timeout": handler_timeout,
+            "retention": retention,
+            "poll_interval": poll_interval,
+            "backoff": backoff,
+            "ack_wait": ack_wait,
+            "concurrency": 1,
+        }
+        self._siblings: list[OutboxSource] = []
+        self._awaiting_ack: set[int] = set()
         self._retention = retention
         self._poll_interval = poll_interval
         self._backoff = backoff
         self._conn: psycopg.Connection[Any] | None = None
         self._listener = Listener(conninfo, [WAKE_CHANNEL])
         self._row_types: dict[int, RowType] = {}
+        self._forgetters: dict[int, Callable[[], None]] = {}
+        self._first_attempt = freeze({"attempt": 1, "consumer": consumer})
         self._stopping = False
         self._wait_scope: anyio.CancelScope | None = None
-        self._open_batch: list[_Claimed] | None = None
+        self._open_batch: _Claim | None = None
         self._stream_acked: set[int] = set()
         self._last_maintenance = 0.0
-        self._horizon = 0  # the consumer's horizon as last seen; it only grows
-        self._last_claim_full = False
-        self._last_copy = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -197,7 +232,14 @@ class OutboxSource:
             conn.autocommit = False
         with conn.transaction():
             oids = [oid for _, oid in capture.resolve(conn, self._tables)]
-            conn.execute(query("register_consumer"), {"consumer": self.consumer, "table_oids": oids})
+            row = conn.execute(
+                query("register_consumer"), {"consumer": self.consumer, "table_oids": oids, "lanes": self.lanes}
+            ).fetchone()
+            if row and row[0] != self.lanes:
+                log.warning("consumer %s has %d lanes (set when it was created); using those", self.consumer, row[0])
+                self.lanes = int(row[0])
+                self._start_lane %= self.lanes
+            conn.execute(query("create_lanes"), {"consumer": self.consumer, "lanes": self.lanes})
             for table in self._tables:
                 schema_like, table_like = table.like_patterns
                 conn.execute(
@@ -206,10 +248,19 @@ class OutboxSource:
                     (self.consumer, schema_like, table_like),
                 )
 
+    async def prepare_serving(self) -> None:
+        """Open the connections :meth:`serve` will use, so that serving starts at full speed."""
+        if self._concurrency > 1 and not self._siblings:
+            await self._open_siblings()
+
     async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            for sibling in self._siblings:
+                await sibling.close()
+        self._siblings = []
         if self._open_batch is not None and self._conn is not None and not self._conn.broken:
             with anyio.CancelScope(shield=True):
-                await self._finish_stream_batch()
+                await self._finish_stream_batch(closing=True)
         await self._listener.close()
         conn, self._conn = self._conn, None
         await close_async(conn)
@@ -219,6 +270,8 @@ class OutboxSource:
         self._stopping = True
         if self._wait_scope is not None:
             self._wait_scope.cancel()
+        for sibling in self._siblings:
+            sibling.stop()
 
     async def _call(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func(conn, *args)`` in a worker thread; if cancelled, cancel the query on the server too."""
@@ -235,7 +288,26 @@ class OutboxSource:
     # -- App path: handlers run inside the claim transaction --------------------------------------------
 
     async def serve(self, handle: DurableHandler) -> None:
-        """Claim, handle and acknowledge until :meth:`stop`; reconnects after connection failures."""
+        """Claim, handle and acknowledge until :meth:`stop`; reconnects after connection failures.
+
+        With ``concurrency`` > 1, as many lanes are handled at once, each on its own connection: while one
+        lane's handlers run, the next lane's batch is read (the database and Python overlap on two cores).
+        """
+        if self._concurrency > 1 and not self._siblings:
+            await self._open_siblings()
+        async with anyio.create_task_group() as tg:
+            for sibling in self._siblings:
+                tg.start_soon(sibling.serve, handle)
+            await self._serve_lanes(handle)
+
+    async def _open_siblings(self) -> None:
+        """Workers for the other lanes handled at once (App path; a stream reads one batch at a time)."""
+        for _ in range(self._concurrency - 1):
+            sibling = OutboxSource(self._conninfo, self._tables, **self._sibling_options)
+            await sibling.open()
+            self._siblings.append(sibling)
+
+    async def _serve_lanes(self, handle: DurableHandler) -> None:
         failures = 0
         idle = 0
         while not self._stopping:
@@ -274,9 +346,10 @@ class OutboxSource:
 
     async def _cycle(self, handle: DurableHandler) -> bool:
         await self._maybe_maintain()
-        claimed = await self._claim()
-        if not claimed:
+        claim = await self._claim()
+        if claim is None:
             return False
+        claimed = claim.items
         outcome = _Outcome()
         tx = Transaction(self._conn)  # type: ignore[arg-type]
         failed_rows: set[str] = set()
@@ -286,29 +359,32 @@ class OutboxSource:
             # has passed, so each handler gets between 0.9 and 1 times handler_timeout: a scope, or even a timer
             # reschedule, per change cost more than a no-op handler (measured with cProfile). A timed-out scope
             # is spent, so the loop starts a fresh one after a timeout.
+            # The event loop's clock, read through time.monotonic() plus an offset taken once per batch:
+            # anyio.current_time() per change cost 6 % of a no-op drain (py-spy).
             slack = self._handler_timeout / 10
+            offset = anyio.current_time() - time.monotonic()
             with anyio.CancelScope() as scope:
                 for item in claimed[position:]:
                     position += 1
-                    if item.blocked or item.row_key in failed_rows:
-                        outcome.released.append(item)
+                    if item.blocked or (failed_rows and (item.row_key is None or item.row_key in failed_rows)):
+                        outcome.released.append(item)  # behind a parked or failed event (of its row, if known)
                         continue
-                    now = anyio.current_time()
+                    now = time.monotonic() + offset
                     remaining = scope.deadline - now
                     if remaining > self._handler_timeout or remaining < self._handler_timeout - slack:
                         scope.deadline = now + self._handler_timeout
                     try:
                         await handle(item.change, tx)
                     except Exception as exc:
-                        failed_rows.add(item.row_key)
+                        failed_rows.add(item.row_key or "")
                         self._record_failure(item, exc, outcome)
                     else:
                         outcome.finished.append(item)
             if scope.cancelled_caught:
                 item = claimed[position - 1]
-                failed_rows.add(item.row_key)
+                failed_rows.add(item.row_key or "")
                 self._record_failure(item, TimeoutError(), outcome)
-        await self._call(self._finish, outcome)
+        await self._call(self._finish, claim, outcome)
         return True
 
     def _record_failure(self, item: _Claimed, exc: BaseException, outcome: _Outcome) -> None:
@@ -325,106 +401,156 @@ class OutboxSource:
             log.warning("change %s failed (attempt %d, retry in %.1fs): %s", item.change.id, attempt, delay, error)
             outcome.retry.append((item, delay, error))
 
-    def _finish(self, conn: psycopg.Connection[Any], outcome: _Outcome) -> None:
-        consumer = self.consumer
+    def _finish(self, conn: psycopg.Connection[Any], claim: _Claim, outcome: _Outcome) -> None:
+        """Write back what happened to the lane's events and acknowledge its batch, in the claim's transaction."""
         try:
-            done = outcome.finished + [item for item, _ in outcome.bury]
-            # Events below the horizon are never copied again; only the others need a tombstone.
-            recent = [item for item in done if item.xid >= self._horizon]
-            if recent:
-                conn.execute(
-                    query("tombstone"),
-                    {
-                        "consumer": consumer,
-                        "ids": [i.event_id for i in recent],
-                        "xids": [i.xid for i in recent],
-                        "row_keys": [i.row_key for i in recent],
-                    },
-                )
-            back = [(i, 0.0, i.attempts, i.last_error) for i in outcome.released]
-            back += [(i, delay, i.attempts + 1, error) for i, delay, error in outcome.retry]
-            if back:
-                conn.execute(
-                    query("requeue"),
-                    {
-                        "consumer": consumer,
-                        "ids": [b[0].event_id for b in back],
-                        "xids": [b[0].xid for b in back],
-                        "row_keys": [b[0].row_key for b in back],
-                        "attempts": [b[2] for b in back],
-                        "delays": [b[1] for b in back],
-                        "errors": [b[3] for b in back],
-                    },
-                )
-            if outcome.bury:
-                conn.execute(
-                    query("bury"),
-                    {
-                        "consumer": consumer,
-                        "ids": [i.event_id for i, _ in outcome.bury],
-                        "attempts": [i.attempts + 1 for i, _ in outcome.bury],
-                        "errors": [e for _, e in outcome.bury],
-                    },
-                )
-            conn.commit()
+            with conn.pipeline():  # every statement and the commit in one round trip
+                self._write_outcome(conn, claim, outcome)
+                conn.commit()
         except BaseException:
             if not conn.broken:
                 conn.rollback()
             raise
 
+    def _write_outcome(self, conn: psycopg.Connection[Any], claim: _Claim, outcome: _Outcome) -> None:
+        """Handled parked events leave the parking; released, failed and unacknowledged ones are parked (or
+        buried); the batch is deleted: its events are all accounted for."""
+        consumer, lane = self.consumer, claim.lane
+        done = [i.event_id for i in outcome.finished if i.parked]
+        if done:
+            conn.execute(query("unpark"), {"consumer": consumer, "ids": done})
+        # parked as they are: events behind an earlier event of their row; failures: with their next attempt
+        park: list[tuple[_Claimed, float, int, str | None]]
+        park = [(i, 0.0, i.attempts, None) for i in outcome.released if not i.parked]
+        park += [(i, delay, i.attempts + 1, error) for i, delay, error in outcome.retry]
+        park += [(i, outcome.defer_seconds, i.attempts, None) for i in outcome.deferred]
+        if park:
+            conn.execute(
+                query("park"),
+                {
+                    "consumer": consumer,
+                    "lane": lane,
+                    "ids": [p[0].event_id for p in park],
+                    "attempts": [p[2] for p in park],
+                    "delays": [p[1] for p in park],
+                    "errors": [p[3] for p in park],
+                },
+            )
+        if outcome.bury:
+            conn.execute(
+                query("bury"),
+                {
+                    "consumer": consumer,
+                    "ids": [i.event_id for i, _ in outcome.bury],
+                    "attempts": [i.attempts + 1 for i, _ in outcome.bury],
+                    "errors": [e for _, e in outcome.bury],
+                },
+            )
+        if claim.batch is not None:
+            cut, chunk = claim.batch
+            conn.execute(query("delete_batch"), {"consumer": consumer, "lane": lane, "cut": cut, "chunk": chunk})
+
     # -- claiming ------------------------------------------------------------------------------------------
 
-    async def _claim(self) -> list[_Claimed]:
+    async def _claim(self) -> _Claim | None:
         return await self._call(self._claim_sync)  # type: ignore[no-any-return]
 
-    def _claim_sync(self, conn: psycopg.Connection[Any]) -> list[_Claimed]:
-        """Copy new events and claim a batch, in one transaction that stays open until :meth:`_finish`.
+    def _claim_sync(self, conn: psycopg.Connection[Any]) -> _Claim | None:
+        """Lock a lane with work and read it, in a transaction that stays open until :meth:`_finish`.
 
-        While claims come back full the queue still holds a backlog, so copying waits (at most
-        ``COPY_INTERVAL_SECONDS``): it would find nothing the claim needs now.
+        No lane has work: cut the events that became visible since the last cut, and look again.
         """
-        now = time.monotonic()
-        if not self._last_claim_full or now - self._last_copy >= COPY_INTERVAL_SECONDS:
-            self._last_copy = now
-            self._materialize(conn)
-        rows = conn.execute(query("claim"), {"consumer": self.consumer, "limit": self.batch_size}).fetchall()
-        self._last_claim_full = len(rows) >= self.batch_size
-        if not rows:
+        for attempt in (1, 2):
+            row = conn.execute(query("claim_lane"), {"consumer": self.consumer, "start": self._start_lane}).fetchone()
+            if row is not None:
+                return self._read_lane(conn, int(row[0]))
             conn.commit()
-            return []
+            if attempt == 1 and not self._cut(conn):
+                return None
+        return None
+
+    def _cut(self, conn: psycopg.Connection[Any]) -> bool:
+        """Cut new events into batches (one worker at a time; the others skip); whether any were cut."""
+        seq = conn.execute(query("sequence_position")).fetchone()  # first the sequence, then an xid (see 0008)
+        conn.execute(query("take_xid"))
+        params = {"consumer": self.consumer, "batch": self.batch_size, "seq": int(seq[0]) if seq else 0}
+        row = conn.execute(query("cut"), params).fetchone()
+        made = int(row[1]) if row else 0
+        if made:
+            conn.execute(query("wake_others"), {"consumer": self.consumer})
+        conn.commit()
+        return made > 0
+
+    def _read_lane(self, conn: psycopg.Connection[Any], lane: int) -> _Claim:
+        """The locked lane's oldest batch; first, if the lane has parked events, the runnable ones (the oldest
+        of each row, when due), and the batch's events of rows with parked events are parked behind them."""
+        params = {"consumer": self.consumer, "lane": lane}
+        rows = conn.execute(query("lane_batch"), params).fetchall()
+        has_parked = bool(rows and rows[0][0])
+        events = [r[1:] for r in rows if r[3] is not None]
+        self._learn_types(conn, events)
+        batch = (int(events[0][0]), int(events[0][1])) if events else None
+        items: list[_Claimed] = []
+        blocked_rows: set[str] = set()
+        if has_parked:
+            runnable: dict[int, tuple[int, str | None]] = {}
+            for event_id, row_key, attempts, last_error, due in conn.execute(query("lane_parked"), params):
+                if row_key not in blocked_rows and due:
+                    runnable[int(event_id)] = (int(attempts), last_error)
+                blocked_rows.add(row_key)
+            if runnable:
+                parked = conn.execute(query("events_by_id"), {"ids": list(runnable)}).fetchall()
+                self._learn_types(conn, parked)
+                for row in parked:
+                    attempts, last_error = runnable[int(row[2])]
+                    items.append(self._to_claimed(row, attempts, last_error, parked=True, blocked=False))
+        to_claimed = self._to_claimed
+        items += [to_claimed(row, 0, None, parked=False, blocked=row[3] in blocked_rows) for row in events]
+        return _Claim(lane, batch, items)
+
+    def _learn_types(self, conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> None:
         stale = {int(r[5]) for r in rows if int(r[5]) not in self._row_types}
         if stale:
             self._row_types.update(fetch_row_types(conn, stale))
-        return [self._to_claimed(row) for row in rows]
 
-    def _materialize(self, conn: psycopg.Connection[Any]) -> None:
-        """Copy new events into this consumer's queue (one worker at a time; others skip it)."""
-        locked = conn.execute(
-            "SELECT pg_try_advisory_xact_lock(hashtext('pgchanges.materialize'), hashtext(%s))", (self.consumer,)
-        ).fetchone()
-        if not (locked and locked[0]):
-            return
-        row = conn.execute(query("materialize"), {"consumer": self.consumer}).fetchone()
-        if row is None:
-            return
-        copied, horizon = int(row[0]), int(row[1])
-        self._horizon = max(self._horizon, horizon)
-        if copied >= ANALYZE_AFTER_ROWS:
-            # A queue that grew by thousands of rows since the planner last looked is planned as if it were
-            # empty: the claim then sorts the whole backlog (18 ms for 200 of 10,000 rows, measured) instead
-            # of walking the primary key and stopping after a batch.
-            conn.execute("ANALYZE pgchanges.queue")
-        if copied:
-            conn.commit()  # the copied events are now visible to the other workers of this consumer
-
-    def _to_claimed(self, row: tuple[Any, ...]) -> _Claimed:
-        event_id, row_key, attempts, blocked, xid, table_oid, schema, table, op, new, old, last_error = row
-        row_type = self._row_types.get(int(table_oid))
+    def _to_claimed(
+        self, row: tuple[Any, ...], attempts: int, last_error: str | None, *, parked: bool, blocked: bool
+    ) -> _Claimed:
+        _cut, _chunk, event_id, row_key, xid, table_oid, schema, table, op, new, old = row
+        oid = int(table_oid)
+        if attempts == 0 and not last_error:
+            extra = self._first_attempt  # one shared read-only mapping: most events are on their first attempt
+        else:
+            details: dict[str, Any] = {"attempt": attempts + 1, "consumer": self.consumer}
+            if last_error:
+                details["last_error"] = last_error
+            extra = freeze(details)
+        if op == "insert" or op == "delete":  # noqa: PLR1714 - one row: parsed and typed when first read
+            forget = self._forgetters.get(oid)
+            if forget is None:
+                forget = self._forgetters[oid] = partial(self._forget_row_type, oid)
+            lazy = LazyJsonRow(new or old, self._row_types.get(oid), forget)
+            change = Change(
+                f"outbox:{event_id}",
+                op,
+                schema,
+                table,
+                lazy if op == "insert" else None,
+                lazy if op == "delete" else None,
+                EMPTY,
+                xid,
+                None,
+                int(event_id),
+                self.name,
+                extra,
+            )
+            return _Claimed(int(event_id), row_key, attempts, parked, blocked, change)
+        row_type = self._row_types.get(oid)
         new_row = parse_json(new) if new is not None else None
         old_row = parse_json(old) if old is not None else None
         if row_type is not None and not all(r is None or row_type.matches(r) for r in (new_row, old_row)):
             row_type = None  # the table changed shape since; values stay as JSON gave them
-            self._row_types.pop(int(table_oid), None)
+            self._forget_row_type(oid)
         change = row_change(
             change_id=f"outbox:{event_id}",
             op=op,
@@ -436,9 +562,13 @@ class OutboxSource:
             position=int(event_id),
             source=self.name,
             row_type=row_type,
-            extra=freeze({"attempt": attempts + 1, "consumer": self.consumer}),
+            extra=extra,
         )
-        return _Claimed(int(event_id), int(xid), row_key, int(attempts), last_error, bool(blocked), change)
+        return _Claimed(int(event_id), row_key, attempts, parked, blocked, change)
+
+    def _forget_row_type(self, oid: int) -> None:
+        """The table's columns changed: read its types again at the next claim."""
+        self._row_types.pop(oid, None)
 
     # -- waiting -------------------------------------------------------------------------------------------
 
@@ -462,7 +592,8 @@ class OutboxSource:
         def announce(conn: psycopg.Connection[Any]) -> float | None:
             conn.execute(query("sleep"), params)
             conn.commit()
-            self._materialize(conn)
+            if self._cut(conn):
+                return 0.0
             row = conn.execute(query("next_run_at"), {"consumer": self.consumer}).fetchone()
             conn.commit()
             return None if row is None or row[0] is None else float(row[0])
@@ -494,8 +625,7 @@ class OutboxSource:
         await self._call(self._maintain)
 
     def _maintain(self, conn: psycopg.Connection[Any]) -> None:
-        """Forget acknowledgements the horizon has passed; remove events every consumer finished."""
-        conn.execute(query("forget_done"), {"consumer": self.consumer})
+        """Remove events every consumer finished, past the retention (one worker of the database at a time)."""
         locked = conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (MAINTENANCE_LOCK,)).fetchone()
         if locked and locked[0]:
             conn.execute(query("purge_events"), {"retention": self._retention, "limit": PURGE_BATCH})
@@ -513,41 +643,62 @@ class OutboxSource:
             if self._open_batch is not None:
                 await self._finish_stream_batch()
             try:
-                claimed = await self._claim()
+                claim = await self._claim()
             except (psycopg.OperationalError, ConnectError, ConnectionLost) as exc:
                 log.warning("outbox stream lost its connection (%s); reconnecting", exc)
                 await self._reconnect_with_backoff()
                 continue
-            usable = [c for c in claimed if not c.blocked]
-            idle = 0 if claimed else idle + 1
-            if not claimed:
+            idle = 0 if claim else idle + 1
+            if claim is None:
                 await self._wait_for_work(idle)
                 continue
-            if not usable:
-                await self._call(lambda conn: conn.rollback())
-                await anyio.sleep(0.05)  # every claimable event waits behind one in flight elsewhere
-                continue
-            self._open_batch = claimed  # blocked ones too: claiming deleted them, finishing puts them back
+            self._open_batch = claim  # blocked ones too: finishing parks them behind their row
             self._stream_acked = set()
-            yield list[Event](c.change for c in usable)
+            usable = [c.change for c in claim.items if not c.blocked]
+            if not usable:
+                await self._finish_stream_batch()
+                continue
+            yield list[Event](usable)
 
     async def ack(self, changes: Sequence[Change]) -> None:
-        if self._open_batch is None:
-            raise ConfigError("ack() of a change that is not in the current batch (was it acked already?)")
-        in_batch = {c.event_id for c in self._open_batch if not c.blocked}
+        """Acknowledge ``changes`` of the current batch, or of earlier ones still awaiting their ack."""
+        in_batch = set() if self._open_batch is None else {c.event_id for c in self._open_batch.items if not c.blocked}
+        late: list[int] = []
         for change in changes:
-            if change.position not in in_batch:
-                raise ConfigError(f"change {change.id} is not in the current batch")
-            self._stream_acked.add(int(change.position))
-        if len(self._stream_acked) == len(in_batch):
+            position = int(change.position) if isinstance(change.position, int) else None
+            if position in in_batch:
+                self._stream_acked.add(position)
+            elif position in self._awaiting_ack:
+                late.append(position)
+            else:
+                raise ConfigError(f"ack() of change {change.id}, which is not awaiting an acknowledgement")
+        if late:
+            self._awaiting_ack.difference_update(late)
+            await self._call(self._unpark_now, late)
+        if in_batch and len(self._stream_acked) == len(in_batch):
             await self._finish_stream_batch()
 
-    async def _finish_stream_batch(self) -> None:
-        batch, acked = self._open_batch or [], self._stream_acked
+    def _unpark_now(self, conn: psycopg.Connection[Any], ids: list[int]) -> None:
+        conn.execute(query("unpark"), {"consumer": self.consumer, "ids": ids})
+        if self._open_batch is None:
+            conn.commit()  # otherwise it commits with the open batch
+
+    async def _finish_stream_batch(self, *, closing: bool = False) -> None:
+        """End the open batch. Changes not acknowledged yet are parked for ``ack_wait`` seconds (at close: none),
+        holding back later changes of their rows; an ack within that time still counts, after it they are
+        delivered again."""
+        claim, acked = self._open_batch, self._stream_acked
         self._open_batch = None
         self._stream_acked = set()
+        if claim is None:
+            return
+        pending = [c for c in claim.items if c.event_id not in acked and not c.blocked]
         outcome = _Outcome(
-            finished=[c for c in batch if c.event_id in acked],
-            released=[c for c in batch if c.event_id not in acked],
+            finished=[c for c in claim.items if c.event_id in acked],
+            released=[c for c in claim.items if c.blocked],
+            deferred=pending,
+            defer_seconds=0.0 if closing else self._ack_wait,
         )
-        await self._call(self._finish, outcome)
+        await self._call(self._finish, claim, outcome)
+        if not closing:
+            self._awaiting_ack.update(c.event_id for c in pending)

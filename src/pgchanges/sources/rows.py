@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from pgchanges.change import EMPTY, Change, Op, Row, freeze
+from pgchanges.lazy import LazyMapping
 from pgchanges.rowtypes import RowType
 
 # One decoder for every payload: json.loads(..., parse_float=Decimal) would build a new decoder per call
@@ -44,3 +46,31 @@ def row_change(
         if old is not None:
             row_type.convert(old)
     return Change(change_id, op, schema, table, freeze(new), freeze(old), changed, xid, None, position, source, extra)
+
+
+class LazyJsonRow(LazyMapping):
+    """A row as PostgreSQL's ``to_json`` wrote it, parsed and typed by ``row_type`` on first access.
+
+    When the row no longer has the columns of ``row_type`` (the table changed since the types were read), its
+    values stay as JSON gave them and ``on_stale`` is called so that the caller reads the types again.
+    """
+
+    __slots__ = ("_on_stale", "_row_type", "_text")
+
+    def __init__(self, text: str, row_type: RowType | None, on_stale: Callable[[], None]) -> None:
+        super().__init__()
+        self._text: str | None = text
+        self._row_type = row_type
+        self._on_stale = on_stale
+
+    def _decode(self) -> dict[str, Any]:
+        assert self._text is not None
+        values: dict[str, Any] = parse_json(self._text)
+        self._text = None
+        row_type = self._row_type
+        if row_type is not None:
+            if row_type.matches(values):
+                row_type.convert(values)
+            else:
+                self._on_stale()
+        return values
