@@ -157,6 +157,27 @@ async def test_a_read_only_role_polls_and_keeps_its_watermark_in_a_file(dsn, db,
 
 
 @pytest.mark.anyio
+async def test_polling_survives_terminated_connections(dsn, db):
+    db.execute(ITEMS)
+    app = pgchanges.App(dsn, source="polling", column="updated_at", interval=0.05, application_name="poll-victim")
+    seen: list[int] = []
+    app.on("items")(lambda change: seen.append(change.new["id"]))
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.serve)
+        db.execute("INSERT INTO items (id) VALUES (1)")
+        await wait_until(lambda: seen == [1], "the first row")
+        killed = db.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'poll-victim'"
+        ).fetchone()[0]
+        db.execute("INSERT INTO items (id) VALUES (2)")
+        await wait_until(lambda: 2 in seen, "a row after the connections were terminated", timeout=20)
+        app.stop()
+    assert killed == 2 and sorted(set(seen)) == [1, 2]
+    state = db.execute("SELECT state FROM pgchanges.poll_state").fetchone()[0]
+    assert state["position"][1] == "2"
+
+
+@pytest.mark.anyio
 async def test_app_polls_tables_of_a_pattern_including_new_ones(dsn, db):
     db.execute("CREATE TABLE feed_a (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
     app = pgchanges.App(dsn, source="polling", column="at", interval=0.05, consumer="app")

@@ -44,7 +44,7 @@ from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.errors import ConfigError, ConnectError, PermissionDenied
 from pgchanges.names import TableName
-from pgchanges.sources.base import Event
+from pgchanges.sources.base import Backoff, Event
 from pgchanges.sources.poll_state import FileStore, TableStore, open_store
 
 log = logging.getLogger("pgchanges.polling")
@@ -143,6 +143,7 @@ class PollingSource:
         state_file: str | Path | None = None,
         start: Literal["beginning", "now"] = "beginning",
         auto_install: bool = True,
+        backoff: Backoff = Backoff(),  # noqa: B008 - immutable
     ) -> None:
         if channels:
             raise ConfigError("plain NOTIFY channels (on_notify) need source='notify'")
@@ -163,6 +164,7 @@ class PollingSource:
         self._state_file = state_file
         self._start = start
         self._auto_install = auto_install
+        self._backoff = backoff
         self._reader: psycopg.Connection[Any] | None = None
         self._writer: psycopg.Connection[Any] | None = None
         self._store: TableStore | FileStore | None = None
@@ -180,16 +182,43 @@ class PollingSource:
     # -- lifecycle -----------------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._writer = await connect_async(self._conninfo)
-        self._reader = await connect_async(self._conninfo, autocommit=False)
+        await self._connect()
         await anyio.to_thread.run_sync(self._prepare)
 
-    def _prepare(self) -> None:
-        assert self._reader is not None and self._writer is not None
+    async def _connect(self) -> None:
+        self._writer = await connect_async(self._conninfo)
+        self._reader = await connect_async(self._conninfo, autocommit=False)
+        await anyio.to_thread.run_sync(self._configure_reader)
+
+    def _configure_reader(self) -> None:
+        assert self._reader is not None
         self._reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         self._reader.read_only = True
         with self._reader.transaction():
             self._reader.execute("SET datestyle = 'ISO, YMD'")  # watermark text must read back the same
+
+    async def _reconnect(self) -> None:
+        """Open both connections again, with backoff; what is in memory (watermarks, pending acks) stays."""
+        attempt = 0
+        while not self._stopping:
+            for conn in (self._reader, self._writer):
+                await close_async(conn)
+            try:
+                await self._connect()
+            except (ConnectError, psycopg.OperationalError) as exc:
+                delay = self._backoff.delay(attempt)
+                attempt += 1
+                log.warning("polling: reconnecting failed (%s); retrying in %.2fs", exc, delay)
+                await anyio.sleep(delay)
+                continue
+            if isinstance(self._store, TableStore):
+                assert self._writer is not None
+                self._store = TableStore(self._writer, self.consumer)
+            return
+
+    def _prepare(self) -> None:
+        assert self._reader is not None and self._writer is not None
+        with self._reader.transaction():
             for table in self._tables:
                 if not table.is_pattern:
                     capture.table_oid(self._reader, table)
@@ -373,11 +402,18 @@ class PollingSource:
         """One list per poll of each table that had changes; sleeps ``interval`` between idle rounds."""
         while not self._stopping:
             busy = False
-            for oid in list(await self._call(self._discover)):
-                changes, full = await self._call(self._poll_and_remember, oid)
-                busy = busy or full
-                if changes:
-                    yield list(changes)
+            if any(conn is None or conn.closed or conn.broken for conn in (self._reader, self._writer)):
+                await self._reconnect()  # e.g. the writer broke while saving a watermark
+            try:
+                for oid in list(await self._call(self._discover)):
+                    changes, full = await self._call(self._poll_and_remember, oid)
+                    busy = busy or full
+                    if changes:
+                        yield list(changes)
+            except (psycopg.OperationalError, ConnectError) as exc:
+                log.warning("polling lost its connection (%s); reconnecting", " ".join(str(exc).split()))
+                await self._reconnect()
+                continue
             if not busy and not self._stopping:
                 with anyio.CancelScope() as self._wait_scope:
                     await anyio.sleep(self.interval)
@@ -429,7 +465,11 @@ class PollingSource:
             queue.popleft()
         if to_save is not None:
             assert self._store is not None
-            self._store.save(key, to_save.to_json())
+            try:
+                self._store.save(key, to_save.to_json())
+            except (psycopg.OperationalError, OSError) as exc:
+                # states only move forward: the next save (after the next poll, even an empty one) covers it
+                log.warning("could not save the watermark of %s (%s); it is saved after the next poll", key, exc)
 
     async def serve(self, handle: Callable[[Change, Any], Awaitable[None]]) -> None:
         """Poll, hand each change to ``handle``, acknowledge the poll; until :meth:`stop`."""
