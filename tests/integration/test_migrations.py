@@ -1,0 +1,74 @@
+"""A database installed by an earlier version keeps its capture and its consumers' place after migrating."""
+
+import pytest
+
+import pgchanges
+from pgchanges.capture import migrations
+from pgchanges.capture.queries import query
+from pgchanges.names import TableName
+from tests.conftest import take
+
+
+def apply_up_to(db, version):
+    """The schema as a release with migrations 1..version installed it."""
+    with db.transaction():
+        for migration in migrations.available():
+            if migration.version <= version:
+                db.execute(migration.sql.encode())
+                db.execute(
+                    "INSERT INTO pgchanges.migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+
+
+@pytest.mark.anyio
+async def test_version_5_outbox_and_notify_capture_carry_over(dsn, db):
+    db.execute("CREATE TABLE orders (id int PRIMARY KEY); CREATE TABLE notes (id int PRIMARY KEY)")
+    apply_up_to(db, 5)
+    orders = TableName("public", "orders").identifier.as_string(db)
+    # what version 5's install did for an outbox table and a notify table
+    db.execute(
+        f"CREATE TRIGGER pgchanges_outbox AFTER INSERT OR UPDATE OR DELETE ON {orders} "
+        "FOR EACH ROW EXECUTE FUNCTION pgchanges.outbox_row_v1()"
+    )
+    db.execute(
+        "CREATE TRIGGER pgchanges_notify AFTER INSERT OR UPDATE OR DELETE ON notes "
+        "FOR EACH ROW EXECUTE FUNCTION pgchanges.notify_row_v1('pgchanges:public.notes')"
+    )
+    db.execute("""INSERT INTO pgchanges.captures (table_oid, schema_name, table_name, source, key_columns)
+                  VALUES ('orders'::regclass, 'public', 'orders', 'outbox', '{id}'),
+                         ('notes'::regclass, 'public', 'notes', 'notify', '{id}')""")
+    db.execute("INSERT INTO orders VALUES (1), (2)")
+    for row in range(3, 7):  # one transaction each: distinct xids
+        db.execute("INSERT INTO orders VALUES (%s)", (row,))
+    ids = [r[0] for r in db.execute("SELECT id FROM pgchanges.events ORDER BY id").fetchall()]
+    # a version-5 consumer: events 1-2 below its horizon (finished), 3 pending in its queue (failed once),
+    # 4 finished above the horizon (a tombstone), 5-6 not copied into its queue yet
+    horizon = db.execute("SELECT xid FROM pgchanges.events WHERE id = %s", (ids[2],)).fetchone()[0]
+    db.execute(
+        """INSERT INTO pgchanges.consumers (name, table_oids, horizon)
+           VALUES ('old', ARRAY['orders'::regclass::oid], %s)""",
+        (horizon,),
+    )
+    for event_id, attempts, done in ((ids[2], 1, False), (ids[3], 0, True)):
+        db.execute(
+            """INSERT INTO pgchanges.queue (consumer, event_id, xid, row_key, attempts, done)
+               SELECT 'old', id, xid, table_oid::text || ':' || (new_row ->> 'id'), %s, %s
+               FROM pgchanges.events WHERE id = %s""",
+            (attempts, done, event_id),
+        )
+
+    async with pgchanges.stream(dsn, tables=["orders"], source="outbox", consumer="old") as changes:
+        got = await take(changes, 3)
+        await changes.ack(*got)
+    status = db.execute(query("consumer_status"), {"consumer": "old"}).fetchone()
+    assert status[1] == 0, "nothing else is pending: 1, 2 and 4 were finished before the migration"
+    assert sorted(c.new["id"] for c in got) == [3, 5, 6]
+    assert [c.extra["attempt"] for c in got if c.new["id"] == 3] == [2]  # its earlier failure is kept
+    assert db.execute("SELECT max(version) FROM pgchanges.migrations").fetchone()[0] == max(
+        m.version for m in migrations.available()
+    )
+    rules = db.execute("SELECT source, table_like FROM pgchanges.capture_rules ORDER BY 1").fetchall()
+    assert rules == [("notify", "notes"), ("outbox", "orders")]
+    channel = db.execute("SELECT channel FROM pgchanges.capture_rules WHERE source = 'notify'").fetchone()[0]
+    assert channel == "pgchanges:public.notes"
