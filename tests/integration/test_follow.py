@@ -128,3 +128,25 @@ def test_a_role_without_rights_on_pgchanges_can_still_create_tables_and_they_are
     finally:
         db.execute("DROP TABLE IF EXISTS mine")
         db.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+@pytest.mark.anyio
+async def test_a_table_matched_by_two_subscriptions_is_delivered_once(dsn, db):
+    db.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    app = pgchanges.App(dsn)
+    by_pattern: list[int] = []
+    by_name: list[int] = []
+    app.on("public.*")(lambda change: by_pattern.append(change.new["id"]))
+    app.on("public.orders")(lambda change: by_name.append(change.new["id"]))
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.serve)
+        db.execute("INSERT INTO orders VALUES (1)")
+        db.execute("INSERT INTO orders VALUES (2)")
+        await wait_until(lambda: len(by_pattern) >= 2 and len(by_name) >= 2, "both handlers, both rows")
+        db.execute("CREATE TABLE marker (id int PRIMARY KEY)")
+        install.install(db, [TableName("public", "marker")])  # a later row on one channel only
+        db.execute("INSERT INTO marker VALUES (3)")
+        await wait_until(lambda: 3 in by_pattern, "the marker row")
+        app.stop()
+    # the trigger of orders signals both channels; the listener keeps one of the two
+    assert (by_pattern, by_name) == ([1, 2, 3], [1, 2])

@@ -9,6 +9,7 @@ a ``gap`` change so handlers can resynchronise. Payloads over NOTIFY's 8000-byte
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -26,6 +27,10 @@ from pgchanges.names import TableName
 from pgchanges.rowtypes import RowType, fetch_row_types
 from pgchanges.sources.base import Backoff, Event, gap_marker
 from pgchanges.sources.rows import parse_json, row_change
+
+#: How many recent event ids are remembered to drop an event that a second channel delivers again. The
+#: notifications of one transaction arrive together, so this only needs to span one commit's worth.
+RECENT_IDS = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,7 @@ class NotifySource:
         self._spill_retention = spill_retention
         self._control: psycopg.Connection[Any] | None = None
         self._row_types: dict[int, RowType] = {}
+        self._recent_ids: OrderedDict[int, None] = OrderedDict()
         self._reconnects = 0
 
     @property
@@ -142,6 +148,8 @@ class NotifySource:
                 parsed.append(ddl_capture.to_change(note.payload, note.pid) if note.channel == DDL_CHANNEL else note)
                 continue
             data = parse_payload(note.payload)
+            if self._seen_before(data["id"]):
+                continue  # the same event on a second channel: its table matches several subscribed rules
             if "spill" in data:
                 spilled.append(data["id"])
             elif not needs_types:
@@ -151,6 +159,18 @@ class NotifySource:
             parsed = await self._control_call(self._fetch_spills_and_types, parsed, spilled)
         to_change = self._to_change
         return [item if isinstance(item, Notification | Change) else to_change(item) for item in parsed]
+
+    def _seen_before(self, event_id: int) -> bool:
+        """Whether ``event_id`` arrived already, on another channel (recent ids only: they come together)."""
+        if len(self._table_channels) < 2:  # one channel: no event can come twice
+            return False
+        recent = self._recent_ids
+        if event_id in recent:
+            return True
+        recent[event_id] = None
+        if len(recent) > RECENT_IDS:
+            recent.popitem(last=False)
+        return False
 
     def _fetch_spills_and_types(
         self, conn: psycopg.Connection[Any], parsed: list[_Parsed], spilled: list[int]
