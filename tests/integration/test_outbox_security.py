@@ -1,4 +1,4 @@
-"""The outbox trigger runs as its owner, so a writer's search_path must not be able to redirect it."""
+"""The outbox triggers run as their owner, so a writer's search_path must not be able to redirect them."""
 
 import pytest
 
@@ -18,6 +18,10 @@ async def test_hostile_search_path_cannot_hijack_the_trigger(dsn, db):
         db.execute("""CREATE FUNCTION evil.texteq(text, text) RETURNS boolean LANGUAGE sql
                       AS $$ INSERT INTO evil.stolen VALUES ('='); SELECT false $$""")
         db.execute("CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.texteq)")
+        db.execute("""CREATE FUNCTION evil.pg_notify(text, text) RETURNS void LANGUAGE sql
+                      AS $$ INSERT INTO evil.stolen VALUES ('pg_notify') $$""")
+        # a consumer asleep, so that the wake-up trigger NOTIFYs too
+        db.execute("INSERT INTO pgchanges.sleepers (consumer, worker) VALUES ('someone', 'asleep')")
         db.execute("SET search_path = evil, pg_catalog, public")
         db.execute("INSERT INTO public.t VALUES (7)")
         db.execute("RESET search_path")

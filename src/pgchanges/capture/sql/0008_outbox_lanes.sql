@@ -126,3 +126,20 @@ LEFT JOIN pgchanges.captures k ON k.table_oid = e.table_oid AND k.source = 'outb
 LEFT JOIN LATERAL (
     SELECT t.schema_name, t.table_name FROM pgchanges.table_names t
     WHERE t.table_oid = e.table_oid AND t.until_event_id > e.id ORDER BY t.until_event_id LIMIT 1) h ON true;
+
+-- The wake-up trigger runs once per statement: as often as the row trigger for single-row writes. Its
+-- SET search_path clause (a GUC save and restore on every call) goes, as it went from the row trigger in
+-- version 2: everything in it is schema-qualified, so a writer's search_path cannot redirect it
+-- (tests/integration/test_outbox_security.py).
+CREATE OR REPLACE FUNCTION pgchanges.outbox_wake_v1() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+AS $fn$
+BEGIN
+    PERFORM 1 FROM pgchanges.sleepers LIMIT 1;
+    IF FOUND THEN
+        PERFORM pg_catalog.pg_notify('pgchanges:outbox', '');
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+ALTER FUNCTION pgchanges.outbox_wake_v1() RESET ALL;
