@@ -11,6 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.db.listener import Notification
+from pgchanges.errors import ConfigError
 
 Event = Change | Notification
 
@@ -36,6 +37,14 @@ class DurableSource(Source, Protocol):
     async def serve(self, handle: Callable[[Change, Any], Awaitable[None]]) -> None: ...
 
     def stop(self) -> None: ...
+
+
+def require_tables(source: str, tables: Sequence[object], channels: Sequence[str]) -> None:
+    """The check every source but notify makes: at least one table, and no plain NOTIFY channels."""
+    if channels:
+        raise ConfigError("plain NOTIFY channels (on_notify) need source='notify'")
+    if not tables:
+        raise ConfigError(f"the {source} source needs at least one table")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from pgchanges.capture import migrations
 from pgchanges.change import EMPTY, Change, Op, freeze
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.db.replication import Keepalive, ReplicationLost, ReplicationStream, check_slot_name
-from pgchanges.errors import CaptureError, ConfigError, ConnectError, NotInstalled, PermissionDenied
+from pgchanges.errors import CaptureError, ConnectError, NotInstalled, PermissionDenied
 from pgchanges.names import TableName
 from pgchanges.pgoutput import (
     UNCHANGED_TOAST,
@@ -53,7 +53,7 @@ from pgchanges.pgoutput import (
 )
 from pgchanges.rowtypes import Converter, fetch_type_info, text_converter
 from pgchanges.sources import snapshot as snapshot_mod
-from pgchanges.sources.base import Backoff, Event, gap_marker
+from pgchanges.sources.base import Backoff, Event, gap_marker, require_tables
 from pgchanges.sources.lazy_row import LazyRow
 
 log = logging.getLogger(__name__)
@@ -119,10 +119,7 @@ class LogicalSource:
         retained_warning_bytes: int = RETAINED_WARNING_BYTES,
         snapshot: bool = False,
     ) -> None:
-        if channels:
-            raise ConfigError("plain NOTIFY channels (on_notify) need source='notify'")
-        if not tables:
-            raise ConfigError("the logical source needs at least one table")
+        require_tables(self.name, tables, channels)
         self._conninfo = conninfo
         self._tables = list(dict.fromkeys(tables))
         self.temporary = slot is None

@@ -45,7 +45,7 @@ from pgchanges.db.listener import ConnectionLost, Listener
 from pgchanges.errors import ConfigError, ConnectError
 from pgchanges.names import TableName
 from pgchanges.rowtypes import RowType, fetch_row_types
-from pgchanges.sources.base import Backoff, Event
+from pgchanges.sources.base import Backoff, Event, require_tables
 from pgchanges.sources.rows import LazyJsonRow, parse_json, row_change
 
 log = logging.getLogger(__name__)
@@ -160,10 +160,7 @@ class OutboxSource:
         poll_interval: float = 1.0,
         backoff: Backoff = Backoff(),  # noqa: B008 - immutable
     ) -> None:
-        if channels:
-            raise ConfigError("plain NOTIFY channels (on_notify) need source='notify'")
-        if not tables:
-            raise ConfigError("the outbox source needs at least one table")
+        require_tables(self.name, tables, channels)
         self._conninfo = conninfo
         self._tables = list(dict.fromkeys(tables))
         self.consumer = consumer
@@ -293,8 +290,7 @@ class OutboxSource:
         With ``concurrency`` > 1, as many lanes are handled at once, each on its own connection: while one
         lane's handlers run, the next lane's batch is read (the database and Python overlap on two cores).
         """
-        if self._concurrency > 1 and not self._siblings:
-            await self._open_siblings()
+        await self.prepare_serving()
         async with anyio.create_task_group() as tg:
             for sibling in self._siblings:
                 tg.start_soon(sibling.serve, handle)
