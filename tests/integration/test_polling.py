@@ -157,6 +157,26 @@ async def test_a_read_only_role_polls_and_keeps_its_watermark_in_a_file(dsn, db,
 
 
 @pytest.mark.anyio
+async def test_a_new_consumer_starting_now_skips_existing_rows(dsn, db):
+    db.execute(ITEMS)
+    db.execute("INSERT INTO items (id, updated_at) SELECT g, '2026-01-01' FROM generate_series(1, 3) g")
+    app = pgchanges.App(dsn, source="polling", column="updated_at", interval=0.05, consumer="late", start="now")
+    seen: list[int] = []
+    app.on("items")(lambda change: seen.append(change.new["id"]))
+
+    def first_poll_saved() -> bool:  # "now" is the consumer's first poll
+        return db.execute("SELECT count(*) FROM pgchanges.poll_state WHERE consumer = 'late'").fetchone()[0] == 1
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.serve)
+        await wait_until(first_poll_saved, "the first poll")
+        db.execute("INSERT INTO items (id, updated_at) VALUES (4, '2026-01-01')")  # same timestamp, larger key
+        await wait_until(lambda: seen, "the row written after the start")
+        app.stop()
+    assert seen == [4]
+
+
+@pytest.mark.anyio
 async def test_polling_survives_terminated_connections(dsn, db):
     db.execute(ITEMS)
     app = pgchanges.App(dsn, source="polling", column="updated_at", interval=0.05, application_name="poll-victim")

@@ -44,7 +44,7 @@ from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.errors import ConfigError, ConnectError, PermissionDenied
 from pgchanges.names import TableName
-from pgchanges.sources.base import Backoff, Event
+from pgchanges.sources.base import Backoff, Event, require_tables
 from pgchanges.sources.poll_state import FileStore, TableStore, open_store
 
 log = logging.getLogger("pgchanges.polling")
@@ -83,6 +83,7 @@ class _Plan:
     types: tuple[str, ...]
     new_rows: sql.Composed
     late_rows: sql.Composed
+    last_row: sql.Composed  # the watermark of the newest row (start="now")
 
 
 @dataclass
@@ -145,10 +146,7 @@ class PollingSource:
         auto_install: bool = True,
         backoff: Backoff = Backoff(),  # noqa: B008 - immutable
     ) -> None:
-        if channels:
-            raise ConfigError("plain NOTIFY channels (on_notify) need source='notify'")
-        if not tables:
-            raise ConfigError("the polling source needs at least one table")
+        require_tables(self.name, tables, channels)
         if not column:
             raise ConfigError("the polling source needs the watermark column (column='updated_at')")
         if start not in ("beginning", "now"):
@@ -278,7 +276,7 @@ class PollingSource:
 
     def _queries(
         self, table: TableName, order: list[str], types: list[str], category: str
-    ) -> tuple[sql.Composed, sql.Composed]:
+    ) -> tuple[sql.Composed, sql.Composed, sql.Composed]:
         columns = sql.SQL(", ").join(sql.Identifier("t", c) for c in order)
         texts = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("t", c)) for c in order)
         values = sql.SQL(", ").join(
@@ -304,17 +302,13 @@ class PollingSource:
             "WITH s AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax8) "
             "{select} CROSS JOIN s WHERE {column} IS NOT NULL AND ({columns}) <= ({values}) {floor} "
             "AND NOT pg_visible_in_snapshot({xid8}, %(previous)s::pg_snapshot) ORDER BY {columns}"
-        ).format(
-            select=sql.SQL("SELECT t.*, t.xmin::text, {texts} FROM {table} t").format(
-                texts=texts, table=table.identifier
-            ),
-            column=column,
-            columns=columns,
-            values=values,
-            floor=floor,
-            xid8=_XID8_OF_XMIN,
+        ).format(select=select, column=column, columns=columns, values=values, floor=floor, xid8=_XID8_OF_XMIN)
+        last_row = sql.SQL("SELECT {texts} FROM {table} t ORDER BY {descending} LIMIT 1").format(
+            texts=texts,
+            table=table.identifier,
+            descending=sql.SQL(", ").join(sql.SQL("{} DESC").format(sql.Identifier("t", c)) for c in order),
         )
-        return new_rows, late_rows
+        return new_rows, late_rows, last_row
 
     # -- polling -------------------------------------------------------------------------------------------
 
@@ -335,13 +329,7 @@ class PollingSource:
                 "SELECT pg_current_snapshot()::text, ARRAY(SELECT pg_snapshot_xip(pg_current_snapshot())::text)"
             ).fetchone()  # type: ignore[misc]
             if state.position is None and self._start == "now":
-                last = conn.execute(
-                    sql.SQL("SELECT {} FROM {} t ORDER BY {} DESC LIMIT 1").format(
-                        sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier("t", c)) for c in plan.order),
-                        plan.table.identifier,
-                        sql.SQL(" DESC, ").join(sql.Identifier("t", c) for c in plan.order),
-                    )
-                ).fetchone()
+                last = conn.execute(plan.last_row).fetchone()
                 state = TableState(list(last) if last else None, snapshot, {})
             params = self._params(plan, state)
             late: list[Change] = []
