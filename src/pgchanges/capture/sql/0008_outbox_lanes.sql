@@ -27,6 +27,19 @@ CREATE TABLE pgchanges.cut_marks (
     PRIMARY KEY (consumer, cut_xid)
 );
 
+-- The mark a cut after snapshot p_prev starts from: every event not visible in p_prev has an id above its seq
+-- ('0' and 0 while there is no such mark: every event is looked at). The cut and the status both use it.
+CREATE FUNCTION pgchanges.cut_floor_v1(p_consumer text, p_prev pg_snapshot, OUT cut_xid xid8, OUT seq bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+    SELECT coalesce(m.cut_xid, '0'::xid8), coalesce(m.seq, 0)
+    FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+        SELECT k.cut_xid, k.seq FROM pgchanges.cut_marks k
+        WHERE k.consumer = p_consumer AND k.cut_xid < pg_snapshot_xmin(p_prev)
+        ORDER BY k.cut_xid DESC LIMIT 1) m ON true
+$fn$;
+
 CREATE TABLE pgchanges.lanes (
     consumer  text NOT NULL REFERENCES pgchanges.consumers (name) ON DELETE CASCADE,
     lane      integer NOT NULL,

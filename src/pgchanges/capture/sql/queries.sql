@@ -21,12 +21,8 @@ WITH c AS (
     FOR UPDATE SKIP LOCKED
 ),
 snap AS (SELECT pg_current_snapshot() AS cur),
-low AS (  -- the mark below which every event was visible in prev (0: no such mark yet, look at them all)
-    SELECT coalesce(m.cut_xid, '0'::xid8) AS cut_xid, coalesce(m.seq, 0) AS seq
-    FROM c LEFT JOIN LATERAL (
-        SELECT cut_xid, seq FROM pgchanges.cut_marks
-        WHERE consumer = c.name AND cut_xid < pg_snapshot_xmin(c.prev)
-        ORDER BY cut_xid DESC LIMIT 1) m ON true
+low AS (  -- the mark below which every event was visible in prev
+    SELECT f.cut_xid, f.seq FROM c CROSS JOIN LATERAL pgchanges.cut_floor_v1(c.name, c.prev) f
 ),
 fresh AS (
     SELECT e.id, pgchanges.lane_v1(pgchanges.row_key_v2(e.table_oid, k.key_columns, coalesce(e.new_row, e.old_row)),
@@ -251,9 +247,7 @@ WITH locked AS (  -- lanes a worker holds now (its FOR UPDATE conflicts with KEY
 uncut AS (  -- events not cut yet, found above the consumer's mark as the cut finds them
     SELECT c.name, count(e.id) AS n, min(e.created_at) AS oldest
     FROM pgchanges.consumers c
-    LEFT JOIN LATERAL (
-        SELECT coalesce(max(m.seq), 0) AS seq FROM pgchanges.cut_marks m
-        WHERE m.consumer = c.name AND m.cut_xid < pg_snapshot_xmin(c.cut_snapshot)) low ON true
+    CROSS JOIN LATERAL pgchanges.cut_floor_v1(c.name, c.cut_snapshot) low
     LEFT JOIN pgchanges.events e
       ON e.id >= low.seq AND e.table_oid = ANY (c.table_oids) AND NOT pg_visible_in_snapshot(e.xid, c.cut_snapshot)
     GROUP BY c.name
