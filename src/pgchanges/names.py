@@ -54,6 +54,11 @@ class TableName:
         """Schema and table as SQL LIKE patterns (exact names escaped, wildcards translated)."""
         return _to_like(self.schema), _to_like(self.table)
 
+    @classmethod
+    def from_like_patterns(cls, schema_like: str, table_like: str) -> TableName:
+        """The name or pattern whose :attr:`like_patterns` are these (as stored in capture rules)."""
+        return cls(_from_like(schema_like), _from_like(table_like))
+
     def matches(self, schema: str | None, table: str | None) -> bool:
         """Whether the table ``schema.table`` is this name or matches this pattern."""
         if schema is None or table is None:
@@ -69,6 +74,17 @@ WILDCARDS = ("*", "?")
 def _to_like(part: str) -> str:
     escaped = part.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
+
+
+def _from_like(pattern: str) -> str:
+    out: list[str] = []
+    chars = iter(pattern)
+    for char in chars:
+        if char == "\\":
+            out.append(next(chars, ""))
+        else:
+            out.append({"%": "*", "_": "?"}.get(char, char))
+    return "".join(out)
 
 
 @functools.cache

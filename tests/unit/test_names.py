@@ -67,3 +67,9 @@ def test_patterns_become_escaped_like_patterns():
     assert name.like_patterns == ("sales", "order\\_%")
     assert parse_table('"100%".x?').like_patterns == ("100\\%", "x_")
     assert str(name) == "sales.order_*" and name.channel == "pgchanges:sales.order_*"
+
+
+@pytest.mark.parametrize("text", ["public.orders", "sales.order_*", 'x?."a%b"', 'public."back\\\\slash"'])
+def test_like_patterns_read_back(text):
+    name = parse_table(text)
+    assert TableName.from_like_patterns(*name.like_patterns) == name

@@ -120,18 +120,7 @@ def rules(conn: psycopg.Connection[Any]) -> list[Rule]:
     rows = conn.execute(
         "SELECT source, schema_like, table_like, publication FROM pgchanges.capture_rules ORDER BY 1, 2, 3, 4"
     ).fetchall()
-    return [Rule(r[0], TableName(_from_like(r[1]), _from_like(r[2])), r[3]) for r in rows]
-
-
-def _from_like(pattern: str) -> str:
-    out: list[str] = []
-    chars = iter(pattern)
-    for char in chars:
-        if char == "\\":
-            out.append(next(chars, ""))
-        else:
-            out.append({"%": "*", "_": "?"}.get(char, char))
-    return "".join(out)
+    return [Rule(r[0], TableName.from_like_patterns(r[1], r[2]), r[3]) for r in rows]
 
 
 def missing_rules(
