@@ -307,18 +307,18 @@ class _Reader:
         return TupleData(tuple(values), tuple(binary) if binary else ())
 
 
-def is_plain_insert(data: bytes) -> bool:
+def is_plain_insert(data: bytes | memoryview) -> bool:
     """Whether ``data`` is an Insert outside a streamed transaction (tag, relation oid, "N", tuple)."""
     return len(data) > 6 and data[0] == 73 and data[5] == 78
 
 
-def insert_relation(data: bytes) -> int:
+def insert_relation(data: bytes | memoryview) -> int:
     """The relation oid of a plain Insert (see :func:`is_plain_insert`)."""
     oid: int = _U32.unpack_from(data, 1)[0]
     return oid
 
 
-def insert_tuple(data: bytes) -> TupleData:
+def insert_tuple(data: bytes | memoryview) -> TupleData:
     """The new row of a plain Insert, checked like :meth:`Decoder.decode` checks it."""
     reader = _Reader(data)
     reader.pos = 6
@@ -336,13 +336,10 @@ class Decoder:
     def decode(self, data: bytes | memoryview) -> Message:
         if not data:
             raise DecodeError("empty message")
-        reader = _Reader(data)
-        if not self.in_stream and reader.data[0] == 73 and len(reader.data) > 6 and reader.data[5] == 78:
+        if not self.in_stream and is_plain_insert(data):
             # Insert outside a stream (the bulk of any workload): fields read in place (profiled hot path)
-            reader.pos = 6
-            new = reader.tuple_data()
-            reader.done()
-            return Insert(None, _U32.unpack_from(reader.data, 1)[0], new)
+            return Insert(None, insert_relation(data), insert_tuple(data))
+        reader = _Reader(data)
         tag = reader.char()
         handler = _DECODERS.get(tag)
         if handler is None:

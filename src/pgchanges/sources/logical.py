@@ -54,7 +54,7 @@ from pgchanges.pgoutput import (
 from pgchanges.rowtypes import Converter, fetch_type_info, text_converter
 from pgchanges.sources import snapshot as snapshot_mod
 from pgchanges.sources.base import Backoff, Event, gap_marker, require_tables
-from pgchanges.sources.lazy_row import LazyRow
+from pgchanges.sources.lazy_row import LazyRow, typed_values
 
 log = logging.getLogger(__name__)
 
@@ -416,10 +416,7 @@ class LogicalSource:
 
     @staticmethod
     def _values(relation: _Relation, data: TupleData) -> dict[str, Any]:
-        return {
-            name: value if value is None or value is UNCHANGED_TOAST else convert(value)
-            for name, convert, value in zip(relation.names, relation.converters, data.values, strict=False)
-        }
+        return typed_values(relation.names, relation.converters, data.values)
 
     def _next_id(self) -> tuple[str, _Transaction | None]:
         txn = self._current
@@ -460,7 +457,7 @@ class LogicalSource:
             self.name,
         )
 
-    def _insert_change(self, payload: bytes, txn: _Transaction) -> Change:
+    def _insert_change(self, payload: bytes | memoryview, txn: _Transaction) -> Change:
         relation = self._relations[insert_relation(payload)]
         self._seq += 1
         self._emitted += 1
