@@ -16,7 +16,10 @@ reads them in batches, without copying them (``capture/sql/0008_outbox_lanes.sql
 * a failing handler's event is **parked** and retried with exponential backoff and jitter, later events of its
   row wait parked behind it; after ``max_attempts`` it moves to ``pgchanges.dead_letters`` with the error.
 
-Idle workers register in ``pgchanges.sleepers`` and LISTEN; writers NOTIFY only while someone sleeps.
+Idle workers register in ``pgchanges.sleepers`` with a deadline and LISTEN; the row triggers NOTIFY only
+while some worker's deadline lies ahead (one shared sequence, ``pgchanges.sleep_until``, tells them; see
+``capture/sql/0009_outbox_write_path.sql``), so writers pay the NOTIFY commit lock only on the idle→busy
+transition, and a worker killed in its sleep stops costing them at its deadline.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ MAINTENANCE_EVERY_SECONDS = 60.0
 PURGE_BATCH = 10_000
 MAINTENANCE_LOCK = 0x70676368_6D  # "pgchm"
 IDLE_POLL_SECONDS = (0.005, 0.01, 0.02, 0.04)
+# A sleeping worker's deadline (after which writers stop notifying it) lies this far past its longest wait.
+SLEEP_DEADLINE_SLACK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -586,7 +591,8 @@ class OutboxSource:
         params = {"consumer": self.consumer, "worker": self.worker}
 
         def announce(conn: psycopg.Connection[Any]) -> float | None:
-            conn.execute(query("sleep"), params)
+            # writers NOTIFY until this worker wakes, or at the latest a little after its longest wait
+            conn.execute(query("sleep"), {**params, "seconds": self._poll_interval + SLEEP_DEADLINE_SLACK_SECONDS})
             conn.commit()
             if self._cut(conn):
                 return 0.0

@@ -66,7 +66,8 @@ SELECT last_value FROM pgchanges.event_seq
 SELECT pg_current_xact_id()
 
 -- name: wake_others
-SELECT pg_notify('pgchanges:outbox', '') WHERE EXISTS (SELECT 1 FROM pgchanges.sleepers WHERE consumer = %(consumer)s)
+SELECT pg_notify('pgchanges:outbox', '')
+WHERE EXISTS (SELECT 1 FROM pgchanges.sleepers WHERE consumer = %(consumer)s AND until > now())
 
 -- name: claim_lane
 -- A lane with work, locked for this transaction: one worker per lane keeps each row's events in order. Each
@@ -169,10 +170,11 @@ ON CONFLICT (consumer, event_id) DO UPDATE
 SET attempts = excluded.attempts, error = excluded.error, failed_at = now()
 
 -- name: sleep
-INSERT INTO pgchanges.sleepers (consumer, worker) VALUES (%(consumer)s, %(worker)s) ON CONFLICT DO NOTHING
+-- Writers NOTIFY from now until this worker wakes, or at the latest %(seconds)s from now.
+SELECT pgchanges.sleep_v1(%(consumer)s, %(worker)s, %(seconds)s)
 
 -- name: wake
-DELETE FROM pgchanges.sleepers WHERE consumer = %(consumer)s AND worker = %(worker)s
+SELECT pgchanges.wake_v1(%(consumer)s, %(worker)s)
 
 -- name: next_run_at
 -- Seconds until the next runnable parked event (the oldest of its row) is due: negative when due now, NULL
@@ -269,7 +271,7 @@ SELECT c.name,
             WHERE p.consumer = c.name AND p.attempts = 0 AND p.run_at > now()) AS in_flight,
        (SELECT count(*) FROM pgchanges.parked p WHERE p.consumer = c.name AND p.attempts > 0) AS retrying,
        (SELECT count(*) FROM pgchanges.dead_letters d WHERE d.consumer = c.name) AS dead_letters,
-       (SELECT count(*) FROM pgchanges.sleepers s WHERE s.consumer = c.name) AS sleeping_workers,
+       (SELECT count(*) FROM pgchanges.sleepers s WHERE s.consumer = c.name AND s.until > now()) AS sleeping_workers,
        c.seen_at
 FROM pgchanges.consumers c JOIN uncut u ON u.name = c.name
 WHERE %(consumer)s::text IS NULL OR c.name = %(consumer)s
