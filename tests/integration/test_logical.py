@@ -156,7 +156,10 @@ async def test_transaction_handlers_get_whole_transactions(dsn, db):
             db.execute("INSERT INTO b VALUES (1)")
             db.execute("DELETE FROM a WHERE id = 5")
         db.execute("INSERT INTO b VALUES (2)")
-        await wait_until(lambda: len(whole) == 2, "two transactions")
+        # each handler runs on its own: wait for all of them, not only the first to finish
+        await wait_until(
+            lambda: len(whole) == 2 and len(only_b) == 2 and len(single) == 5, "every handler to see both transactions"
+        )
         app.stop()
     assert whole[0] == [("a", "insert")] * 5 + [("b", "insert"), ("a", "delete")]
     assert whole[1] == [("b", "insert")]
