@@ -28,14 +28,14 @@ from pgchanges.capture.follow import follow_schema
 from pgchanges.capture.install import SOURCES as CAPTURES
 from pgchanges.change import Change
 from pgchanges.db.listener import Notification
-from pgchanges.dispatch import Dispatcher, ErrorPolicy, apply_error_policy
+from pgchanges.dispatch import Dispatcher, ErrorPolicy
 from pgchanges.errors import ConfigError
+from pgchanges.handling import Handling
 from pgchanges.names import TableName, parse_table
 from pgchanges.periodic import MissedPolicy, PeriodicTask, Schedule, Scheduler, parse_interval
 from pgchanges.routing import Predicate, Router
 from pgchanges.sources.base import DurableSource, Source
 from pgchanges.sources.factory import make_source
-from pgchanges.sources.outbox import Transaction
 
 log = logging.getLogger("pgchanges.app")
 
@@ -259,39 +259,16 @@ class App:
             if self.source_kind == "logical":
                 serve: Any = cast(Any, source).serve
                 on_transaction = self._handle_transaction if self._transaction_handlers else None
-                tg.start_soon(partial(serve, self._handle_with_policy, on_transaction=on_transaction))
+                tg.start_soon(partial(serve, Handling(self.router, self._on_error), on_transaction=on_transaction))
             elif self.source_kind == "outbox":  # retries failed changes itself
                 await cast(Any, source).prepare_serving()
-                tg.start_soon(source.serve, self._handle_durable)
+                tg.start_soon(source.serve, Handling(self.router))
             else:
-                tg.start_soon(source.serve, self._handle_with_policy)
+                tg.start_soon(source.serve, Handling(self.router, self._on_error))
             task_status.started()
             await self._stop.wait()
             log.info("stopping: finishing the batch in hand")
             source.stop()
-
-    async def _handle_durable(self, change: Change, tx: Transaction | None) -> None:
-        """Run every matching handler; an exception makes the source retry the change (outbox)."""
-        for route in self.router.routes_for(change):
-            if route.where is not None and not route.where(change):
-                continue
-            if route.wants_transaction:
-                if tx is None:
-                    await _run_handler(route.handler, route.is_async, (change, None))
-                    continue
-                async with tx.savepoint():
-                    await _run_handler(route.handler, route.is_async, (change, tx))
-            elif route.is_async:
-                await route.handler(change)
-            else:
-                await anyio.to_thread.run_sync(route.handler, change, abandon_on_cancel=True)
-
-    async def _handle_with_policy(self, change: Change, tx: Any) -> None:
-        """For sources without retries (logical, polling): a failing handler follows the App's ``on_error`` policy."""
-        try:
-            await self._handle_durable(change, tx)
-        except Exception as exc:
-            apply_error_policy(self._on_error, "of this App", change, exc)
 
     async def _handle_transaction(self, changes: list[Change]) -> None:
         for tables, handler in self._transaction_handlers:
@@ -356,13 +333,6 @@ class App:
                     break
         log.warning("shutdown did not finish in time (or a second signal came); cancelling handlers")
         scope.cancel()
-
-
-async def _run_handler(handler: Callable[..., Any], is_async: bool, args: tuple[Any, ...]) -> None:
-    if is_async:
-        await handler(*args)
-    else:
-        await anyio.to_thread.run_sync(partial(handler, *args), abandon_on_cancel=True)
 
 
 async def _call_safely(handler: Callable[[Any], Any], arg: Any, what: str) -> None:

@@ -64,17 +64,33 @@ async def test_each_consumer_gets_every_change(dsn, db):
     assert from_a.id == from_b.id
 
 
-async def test_failing_handler_is_retried_then_dead_lettered_with_its_error(dsn, db):
+def as_handler(kind, body):
+    """``body`` as an async handler, or as a plain function (run by the plain-run path, several per thread)."""
+    if kind == "plain":
+        return lambda change: body(change)
+
+    async def handler(change):
+        return body(change)
+
+    return handler
+
+
+HANDLER_KINDS = pytest.mark.parametrize("kind", ["async", "plain"])
+
+
+@HANDLER_KINDS
+async def test_failing_handler_is_retried_then_dead_lettered_with_its_error(dsn, db, kind):
     db.execute("CREATE TABLE t (id int PRIMARY KEY)")
     app = pgchanges.App(dsn, source="outbox", consumer="c", retry=FAST_RETRY)
     attempts, ok = [], []
 
-    @app.on("t")
-    async def handler(change):
+    def handler(change):
         if change.new["id"] == 1:
             attempts.append(change.extra["attempt"])
             raise ValueError("poison row")
         ok.append(change.new["id"])
+
+    app.on("t")(as_handler(kind, handler))
 
     async def body():
         db.execute("INSERT INTO t VALUES (1)")
@@ -92,25 +108,31 @@ async def test_failing_handler_is_retried_then_dead_lettered_with_its_error(dsn,
     assert outbox_pending(db) == 0
 
 
-async def test_later_changes_of_a_row_wait_for_its_failing_change(dsn, db):
+@HANDLER_KINDS
+async def test_later_changes_of_a_row_wait_for_its_failing_change(dsn, db, kind):
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
-    app = pgchanges.App(dsn, source="outbox", consumer="c", retry=FAST_RETRY)
+    app = pgchanges.App(dsn, source="outbox", consumer="c", retry=FAST_RETRY, lanes=1)
     seen = []
 
-    @app.on("t")
-    async def handler(change):
-        if change.op == "insert" and change.extra["attempt"] < 3:
+    def handler(change):
+        if change.new["id"] == 1 and change.op == "insert" and change.extra["attempt"] < 3:
             raise RuntimeError("not yet")
-        seen.append((change.op, change.extra["attempt"]))
+        seen.append((change.new["id"], change.op, change.extra["attempt"]))
+
+    app.on("t")(as_handler(kind, handler))
 
     async def body():
-        db.execute("INSERT INTO t VALUES (1, 0)")
-        db.execute("UPDATE t SET v = 1")
-        db.execute("UPDATE t SET v = 2")
-        await wait_until(lambda: len(seen) == 3, "all three changes")
+        with db.transaction():  # one batch: the failure and the changes behind it are handled together
+            db.execute("INSERT INTO t VALUES (1, 0)")
+            db.execute("UPDATE t SET v = 1 WHERE id = 1")
+            db.execute("INSERT INTO t VALUES (2, 0)")
+            db.execute("UPDATE t SET v = 2 WHERE id = 1")
+        await wait_until(lambda: len(seen) == 4, "all four changes")
 
     await serve_while(app, body)
-    assert seen == [("insert", 3), ("update", 1), ("update", 1)]
+    row_one = [s[1:] for s in seen if s[0] == 1]
+    assert row_one == [("insert", 3), ("update", 1), ("update", 1)]
+    assert (2, "insert", 1) in seen
 
 
 async def test_transaction_handler_writes_commit_with_the_ack_exactly_once(dsn, db):
@@ -139,22 +161,40 @@ async def test_transaction_handler_writes_commit_with_the_ack_exactly_once(dsn, 
     assert db.execute("SELECT note FROM ledger ORDER BY note").fetchall() == [("booked",), ("sync",)]
 
 
-async def test_hanging_handler_times_out_and_is_retried(dsn, db):
+@HANDLER_KINDS
+async def test_hanging_handler_times_out_and_is_retried(dsn, db, kind):
     db.execute("CREATE TABLE t (id int PRIMARY KEY)")
-    app = pgchanges.App(dsn, source="outbox", consumer="c", retry=FAST_RETRY, handler_timeout=0.2)
+    app = pgchanges.App(dsn, source="outbox", consumer="c", retry=FAST_RETRY, handler_timeout=0.2, lanes=1)
     done = []
+    release = threading.Event()  # lets the abandoned thread of a hung plain handler end with the test
 
-    @app.on("t")
-    async def handler(change):
-        if change.extra["attempt"] == 1:
-            await anyio.sleep_forever()
-        done.append(change.extra["attempt"])
+    if kind == "async":
+
+        @app.on("t")
+        async def handler(change):
+            if change.new["id"] == 1 and change.extra["attempt"] == 1:
+                await anyio.sleep_forever()
+            done.append((change.new["id"], change.extra["attempt"]))
+    else:
+
+        @app.on("t")
+        def plain_handler(change):
+            if change.new["id"] == 1 and change.extra["attempt"] == 1:
+                release.wait(30)
+                return
+            done.append((change.new["id"], change.extra["attempt"]))
 
     async def body():
-        db.execute("INSERT INTO t VALUES (1)")
-        await wait_until(lambda: done == [2], "the retry after the timeout")
+        with db.transaction():  # one batch: the change behind the hung one is handled after the timeout
+            db.execute("INSERT INTO t VALUES (1)")
+            db.execute("INSERT INTO t VALUES (2)")
+        await wait_until(lambda: len(done) == 2, "the retry after the timeout")
 
-    await serve_while(app, body)
+    try:
+        await serve_while(app, body)
+    finally:
+        release.set()
+    assert sorted(done) == [(1, 2), (2, 1)]
     error = db.execute("SELECT count(*) FROM pgchanges.dead_letters").fetchone()[0]
     assert error == 0
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.db.listener import Notification
 from pgchanges.errors import ConfigError
+from pgchanges.handling import Handling
 
 Event = Change | Notification
 
@@ -34,7 +35,7 @@ class Source(Protocol):
 class DurableSource(Source, Protocol):
     """A source that runs handlers itself, inside the transaction that acknowledges their changes."""
 
-    async def serve(self, handle: Callable[[Change, Any], Awaitable[None]]) -> None: ...
+    async def serve(self, handling: Handling) -> None: ...
 
     def stop(self) -> None: ...
 

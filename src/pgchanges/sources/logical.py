@@ -33,6 +33,7 @@ from pgchanges.change import EMPTY, Change, Op, freeze
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.db.replication import Keepalive, ReplicationLost, ReplicationStream, check_slot_name
 from pgchanges.errors import CaptureError, ConnectError, NotInstalled, PermissionDenied
+from pgchanges.handling import Handling
 from pgchanges.names import TableName
 from pgchanges.pgoutput import (
     UNCHANGED_TOAST,
@@ -570,7 +571,7 @@ class LogicalSource:
 
     async def serve(
         self,
-        handle: Callable[[Change, Any], Awaitable[None]],
+        handling: Handling,
         on_transaction: Callable[[list[Change]], Awaitable[None]] | None = None,
     ) -> None:
         """Run handlers in commit order; acknowledge each change once its handlers returned.
@@ -584,9 +585,7 @@ class LogicalSource:
         self._collect = on_transaction is not None
         dispatched = 0
         async for batch in self.batches():
-            for event in batch:
-                if isinstance(event, Change) and event.op != "gap":
-                    await handle(event, None)
+            await handling.handle_all([e for e in batch if isinstance(e, Change) and e.op != "gap"])
             dispatched += sum(1 for e in batch if isinstance(e, Change) and _numbered(e))
             if on_transaction is not None:
                 while self._completed and self._completed[0][0] <= dispatched:

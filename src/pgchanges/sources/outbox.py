@@ -31,7 +31,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -46,6 +46,7 @@ from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.db.listener import ConnectionLost, Listener
 from pgchanges.errors import ConfigError, ConnectError
+from pgchanges.handling import NOT_RUN, SKIPPED, Handling, PlainRun
 from pgchanges.names import TableName
 from pgchanges.rowtypes import RowType, fetch_row_types
 from pgchanges.sources.base import Backoff, Event, require_tables
@@ -106,9 +107,6 @@ class Transaction:
                 await anyio.to_thread.run_sync(self.connection.execute, "ROLLBACK TO SAVEPOINT pgchanges_handler")
             raise
         await anyio.to_thread.run_sync(self.connection.execute, "RELEASE SAVEPOINT pgchanges_handler")
-
-
-DurableHandler = Callable[[Change, Transaction], Awaitable[None]]
 
 
 @dataclass
@@ -289,7 +287,7 @@ class OutboxSource:
 
     # -- App path: handlers run inside the claim transaction --------------------------------------------
 
-    async def serve(self, handle: DurableHandler) -> None:
+    async def serve(self, handling: Handling) -> None:
         """Claim, handle and acknowledge until :meth:`stop`; reconnects after connection failures.
 
         With ``concurrency`` > 1, as many lanes are handled at once, each on its own connection: while one
@@ -298,8 +296,8 @@ class OutboxSource:
         await self.prepare_serving()
         async with anyio.create_task_group() as tg:
             for sibling in self._siblings:
-                tg.start_soon(sibling.serve, handle)
-            await self._serve_lanes(handle)
+                tg.start_soon(sibling.serve, handling)
+            await self._serve_lanes(handling)
 
     async def _open_siblings(self) -> None:
         """Workers for the other lanes handled at once (App path; a stream reads one batch at a time)."""
@@ -308,14 +306,14 @@ class OutboxSource:
             await sibling.open()
             self._siblings.append(sibling)
 
-    async def _serve_lanes(self, handle: DurableHandler) -> None:
+    async def _serve_lanes(self, handling: Handling) -> None:
         failures = 0
         idle = 0
         while not self._stopping:
             try:
                 if failures:
                     await self._reconnect()
-                worked = await self._cycle(handle)
+                worked = await self._cycle(handling)
                 failures = 0
                 idle = 0 if worked else idle + 1
                 if not worked and not self._stopping:
@@ -345,7 +343,7 @@ class OutboxSource:
         self._conn = await self._connect()
         await self._listener.open()
 
-    async def _cycle(self, handle: DurableHandler) -> bool:
+    async def _cycle(self, handling: Handling) -> bool:
         await self._maybe_maintain()
         claim = await self._claim()
         if claim is None:
@@ -356,37 +354,89 @@ class OutboxSource:
         failed_rows: set[str] = set()
         position = 0
         while position < len(claimed):
-            # One cancel scope serves the batch. Its deadline is moved forward only when a tenth of the timeout
-            # has passed, so each handler gets between 0.9 and 1 times handler_timeout: a scope, or even a timer
-            # reschedule, per change cost more than a no-op handler (measured with cProfile). A timed-out scope
-            # is spent, so the loop starts a fresh one after a timeout.
-            # The event loop's clock, read through time.monotonic() plus an offset taken once per batch:
-            # anyio.current_time() per change cost 6 % of a no-op drain (py-spy).
-            slack = self._handler_timeout / 10
-            offset = anyio.current_time() - time.monotonic()
-            with anyio.CancelScope() as scope:
-                for item in claimed[position:]:
-                    position += 1
-                    if item.blocked or (failed_rows and (item.row_key is None or item.row_key in failed_rows)):
-                        outcome.released.append(item)  # behind a parked or failed event (of its row, if known)
-                        continue
-                    now = time.monotonic() + offset
-                    remaining = scope.deadline - now
-                    if remaining > self._handler_timeout or remaining < self._handler_timeout - slack:
-                        scope.deadline = now + self._handler_timeout
-                    try:
-                        await handle(item.change, tx)
-                    except Exception as exc:
-                        failed_rows.add(item.row_key or "")
-                        self._record_failure(item, exc, outcome)
-                    else:
-                        outcome.finished.append(item)
-            if scope.cancelled_caught:
-                item = claimed[position - 1]
-                failed_rows.add(item.row_key or "")
-                self._record_failure(item, TimeoutError(), outcome)
+            plain = _plain_calls(handling, claimed, position)
+            if plain:
+                position = await self._handle_plain(claimed, position, plain, failed_rows=failed_rows, outcome=outcome)
+            else:
+                position = await self._handle_one_by_one(
+                    handling, tx, claimed, position, failed_rows=failed_rows, outcome=outcome
+                )
         await self._call(self._finish, claim, outcome)
         return True
+
+    async def _handle_plain(
+        self,
+        claimed: list[_Claimed],
+        position: int,
+        calls: list[Callable[[], None]],
+        *,
+        failed_rows: set[str],
+        outcome: _Outcome,
+    ) -> int:
+        """Changes whose handlers are all plain functions, in one worker thread; the next position to handle
+        (after a timeout, the changes behind the timed-out one are handled by the next run)."""
+        items = claimed[position : position + len(calls)]
+        run = PlainRun(calls, keys=[i.row_key for i in items], failed=failed_rows)
+        await run.run(self._handler_timeout)
+        for item, result in zip(items, run.outcomes, strict=True):
+            if result is NOT_RUN:
+                break
+            position += 1
+            if result is None:
+                outcome.finished.append(item)
+            elif result is SKIPPED:
+                outcome.released.append(item)
+            else:
+                assert isinstance(result, BaseException)
+                self._record_failure(item, result, outcome)
+        return position
+
+    async def _handle_one_by_one(
+        self,
+        handling: Handling,
+        tx: Transaction,
+        claimed: list[_Claimed],
+        position: int,
+        *,
+        failed_rows: set[str],
+        outcome: _Outcome,
+    ) -> int:
+        """Changes from ``position`` on, each awaited in the event loop, until the next one that a plain run
+        can take; the next position to handle."""
+        # One cancel scope serves the changes. Its deadline is moved forward only when a tenth of the timeout
+        # has passed, so each handler gets between 0.9 and 1 times handler_timeout: a scope, or even a timer
+        # reschedule, per change cost more than a no-op handler (measured with cProfile). A timed-out scope
+        # is spent, so the caller comes back with a fresh one after a timeout.
+        # The event loop's clock, read through time.monotonic() plus an offset taken once per batch:
+        # anyio.current_time() per change cost 6 % of a no-op drain (py-spy).
+        slack = self._handler_timeout / 10
+        offset = anyio.current_time() - time.monotonic()
+        with anyio.CancelScope() as scope:
+            while position < len(claimed):
+                item = claimed[position]
+                if _behind_failure(item, failed_rows):
+                    position += 1
+                    outcome.released.append(item)  # behind a parked or failed event (of its row, if known)
+                    continue
+                if handling.plain_call(item.change) is not None:
+                    return position
+                position += 1
+                now = time.monotonic() + offset
+                remaining = scope.deadline - now
+                if remaining > self._handler_timeout or remaining < self._handler_timeout - slack:
+                    scope.deadline = now + self._handler_timeout
+                try:
+                    await handling(item.change, tx)
+                except Exception as exc:
+                    failed_rows.add(item.row_key or "")
+                    self._record_failure(item, exc, outcome)
+                else:
+                    outcome.finished.append(item)
+        if scope.cancelled_caught:
+            item = claimed[position - 1]
+            failed_rows.add(item.row_key or "")
+            self._record_failure(item, TimeoutError(), outcome)
+        return position
 
     def _record_failure(self, item: _Claimed, exc: BaseException, outcome: _Outcome) -> None:
         if isinstance(exc, TimeoutError):
@@ -704,3 +754,20 @@ class OutboxSource:
         await self._call(self._finish, claim, outcome)
         if not closing:
             self._awaiting_ack.update(c.event_id for c in pending)
+
+
+def _behind_failure(item: _Claimed, failed_rows: set[str]) -> bool:
+    """Whether the event waits behind a parked or failed event (of its row, or of any row if its row is unknown)."""
+    return item.blocked or bool(failed_rows and (item.row_key is None or item.row_key in failed_rows))
+
+
+def _plain_calls(handling: Handling, claimed: list[_Claimed], position: int) -> list[Callable[[], None]]:
+    """The calls of the consecutive events from ``position`` on that a plain run can take: not blocked behind
+    a parked event, every handler a plain function."""
+    calls: list[Callable[[], None]] = []
+    for item in claimed[position:]:
+        call = None if item.blocked else handling.plain_call(item.change)
+        if call is None:
+            break
+        calls.append(call)
+    return calls

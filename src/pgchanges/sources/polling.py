@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +43,7 @@ from pgchanges.capture import install as capture
 from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.errors import ConfigError, ConnectError, PermissionDenied
+from pgchanges.handling import Handling
 from pgchanges.names import TableName
 from pgchanges.sources.base import Backoff, Event, require_tables
 from pgchanges.sources.poll_state import FileStore, TableStore, open_store
@@ -459,10 +460,9 @@ class PollingSource:
                 # states only move forward: the next save (after the next poll, even an empty one) covers it
                 log.warning("could not save the watermark of %s (%s); it is saved after the next poll", key, exc)
 
-    async def serve(self, handle: Callable[[Change, Any], Awaitable[None]]) -> None:
+    async def serve(self, handling: Handling) -> None:
         """Poll, hand each change to ``handle``, acknowledge the poll; until :meth:`stop`."""
         async for batch in self.batches():
             changes = [c for c in batch if isinstance(c, Change)]
-            for change in changes:
-                await handle(change, None)
+            await handling.handle_all(changes)
             await self.ack(changes)
