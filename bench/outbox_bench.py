@@ -133,8 +133,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--tps-seconds", type=int, default=8)
-    parser.add_argument("--tps-rounds", type=int, default=3)
+    parser.add_argument("--tps-seconds", type=int, default=6)
+    parser.add_argument("--tps-rounds", type=int, default=5)
     parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
     args = parser.parse_args()
 
@@ -177,6 +177,8 @@ def main() -> None:
                 order = [*scripts, "outbox_consumed"]
                 order = order[rnd % len(order) :] + order[: rnd % len(order)]
                 for variant in order:
+                    with psycopg.connect(conninfo, autocommit=True) as conn:
+                        conn.execute("CHECKPOINT")  # every run starts with the same full-page-write debt
                     if variant == "outbox_consumed":
                         value = tps_with_consumer(cluster, conninfo, clients, args.tps_seconds, args.backend)
                     else:
@@ -192,6 +194,11 @@ def main() -> None:
             for k, by in runs.items()
         }
         version = cluster.version
+        per_round = "\n".join(
+            f"- {k}: " + ", ".join(f"{x / n:.3f}" for x, n in zip(v["8"], runs["none"]["8"], strict=True))
+            for k, v in runs.items()
+            if k != "none"
+        )
 
     data = {
         "benchmark": "outbox",
@@ -239,11 +246,16 @@ connection: the default `concurrency`) and acknowledges the batch.
 | outbox capture, no consumer running | {tps["outbox"]["2"]:,.0f} | {tps["outbox"]["8"]:,.0f} | {ratio["outbox"]["2"]} | **{ratio["outbox"]["8"]}** |
 | outbox capture, a consumer draining meanwhile | {tps["outbox_consumed"]["2"]:,.0f} | {tps["outbox_consumed"]["8"]:,.0f} | {ratio["outbox_consumed"]["2"]} | **{ratio["outbox_consumed"]["8"]}** |
 
-All tables have the same columns and a bigserial primary key. The simplest-trigger row is a ceiling for
-any trigger-based capture on this machine: pgchanges' trigger adds a transaction id and the table oid, and a
-statement trigger that wakes sleeping consumers. Since version 8 of the schema no index on the transaction id
-is maintained by writers (the cut finds events by id); that index alone cost about 10 % at 8 clients.
-With a consumer running, the write figure includes the consumer's own load on the same 2 cores.
+All tables have the same columns and a bigserial primary key; every run starts after a CHECKPOINT. The
+simplest-trigger row is a ceiling for any trigger-based capture on this machine: pgchanges' triggers add a
+transaction id and the table oid, and one read of the `pgchanges.sleep_until` sequence (whether a sleeping
+worker must be woken; schema version 9). Since version 8 no index on the transaction id is maintained by
+writers (the cut finds events by id); that index alone cost about 10 % at 8 clients. With a consumer
+running, the write figure includes the consumer's own load on the same 2 cores. Where each microsecond of
+the trigger goes: `bench/results/outbox-trigger-variants.md`.
+
+Per-round ratios at 8 clients (this machine swings by ±0.1 between runs of a few seconds):
+{per_round}
 """
     write_results(f"outbox-{args.backend}", data, markdown)
     print(markdown)
