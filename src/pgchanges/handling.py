@@ -136,6 +136,8 @@ class Handling:
     def __init__(self, router: Router, policy: ErrorPolicy | None = None) -> None:
         self._router = router
         self._policy = policy
+        # id of a routes tuple -> (the tuple, kept so that its id stays its own; whether all are plain functions)
+        self._plain: dict[int, tuple[tuple[Route, ...], bool]] = {}
 
     async def __call__(self, change: Change, tx: Any) -> None:
         if self._policy is None:
@@ -165,7 +167,10 @@ class Handling:
         """The change's handling as one call to run in a worker thread, when every route matching it is a
         plain function that does not take the transaction; otherwise None."""
         routes = self._router.routes_for(change)
-        if any(r.is_async or r.wants_transaction for r in routes):
+        known = self._plain.get(id(routes))  # asked for every change: the router hands out cached tuples
+        if known is None or known[0] is not routes:
+            known = self._plain[id(routes)] = (routes, not any(r.is_async or r.wants_transaction for r in routes))
+        if not known[1]:
             return None
         if self._policy is None:
             return lambda: _call_routes(routes, change)

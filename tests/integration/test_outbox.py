@@ -67,7 +67,7 @@ async def test_each_consumer_gets_every_change(dsn, db):
 def as_handler(kind, body):
     """``body`` as an async handler, or as a plain function (run by the plain-run path, several per thread)."""
     if kind == "plain":
-        return lambda change: body(change)
+        return body
 
     async def handler(change):
         return body(change)
