@@ -78,6 +78,15 @@ async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll a condition 5 times a second without an event loop (cheap, so worker processes keep the CPU)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.2)
+
+
 async def take(changes: Any, count: int, timeout: float = 15.0) -> list[Any]:
     """The next ``count`` items of an async iterator, or a clear failure after ``timeout`` seconds."""
     got: list[Any] = []

@@ -2,7 +2,6 @@
 
 import textwrap
 import threading
-import time
 from collections import defaultdict
 
 import anyio
@@ -12,7 +11,7 @@ import pytest
 import pgchanges
 from pgchanges.embedded import LocalCluster
 from tests.cli_process import Running
-from tests.conftest import wait_until
+from tests.conftest import wait_for, wait_until
 
 WORKER = """
 import os, signal, time
@@ -50,15 +49,6 @@ def handled(tmp_path, name):
 def line_count(tmp_path, name):
     path = tmp_path / f"{name}.out"
     return path.read_bytes().count(b"\n") if path.exists() else 0
-
-
-def wait_for(predicate, what, timeout=60.0):
-    """Poll a file-based condition 5 times a second (cheap, so the workers keep the CPU)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_worker_killed_mid_batch_loses_nothing_and_repeats_only_its_batch(dsn, db, tmp_path):

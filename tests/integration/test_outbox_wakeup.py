@@ -13,8 +13,7 @@ from pgchanges.capture import migrations
 from pgchanges.capture.install import install
 from pgchanges.names import TableName
 from tests.cli_process import Running
-from tests.conftest import take, wait_until
-from tests.integration.test_outbox_processes import wait_for
+from tests.conftest import take, wait_for, wait_until
 
 CHANNEL = "pgchanges:outbox"
 
