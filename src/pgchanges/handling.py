@@ -39,6 +39,12 @@ NOT_RUN: Final = _Mark("NOT_RUN")  # not reached: the run stopped at a timeout
 Outcome = BaseException | _Mark | None  # None: the handlers returned
 
 
+def held_back(key: str | None, failed: set[str]) -> bool:
+    """Whether a change must wait behind a failed one: its key failed, or its key is unknown (None) and anything
+    failed. A failure of an unknown key is recorded as ``""``."""
+    return bool(failed) and (key is None or key in failed)
+
+
 class PlainRun:
     """Calls run one after another in one worker thread, each with the handler timeout.
 
@@ -70,7 +76,7 @@ class PlainRun:
             with self._lock:
                 if self._abandoned:
                     return
-                if keyed and self.failed and (key is None or key in self.failed):
+                if keyed and held_back(key, self.failed):
                     self.outcomes[index] = SKIPPED
                     continue
                 self._current, self._started = index, time.monotonic()

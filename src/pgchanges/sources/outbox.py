@@ -46,7 +46,7 @@ from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.db.listener import ConnectionLost, Listener
 from pgchanges.errors import ConfigError, ConnectError
-from pgchanges.handling import NOT_RUN, SKIPPED, Handling, PlainRun
+from pgchanges.handling import NOT_RUN, SKIPPED, Handling, PlainRun, held_back
 from pgchanges.names import TableName
 from pgchanges.rowtypes import RowType, fetch_row_types
 from pgchanges.sources.base import Backoff, Event, require_tables
@@ -758,7 +758,7 @@ class OutboxSource:
 
 def _behind_failure(item: _Claimed, failed_rows: set[str]) -> bool:
     """Whether the event waits behind a parked or failed event (of its row, or of any row if its row is unknown)."""
-    return item.blocked or bool(failed_rows and (item.row_key is None or item.row_key in failed_rows))
+    return item.blocked or held_back(item.row_key, failed_rows)
 
 
 def _plain_calls(handling: Handling, claimed: list[_Claimed], position: int) -> list[Callable[[], None]]:
