@@ -14,6 +14,9 @@ Two measures, both against the same table without capture, measured in the same 
 Variants:
 
 - plain: no trigger;
+- empty: a plpgsql row trigger that does nothing (``RETURN NULL``): what any row trigger costs;
+- keyless: a plpgsql row trigger inserting ``to_json(NEW)`` into a one-column table with no key, no index and
+  no sequence: the least an outbox row can cost (it gives up ordering and a way to find events);
 - simplest: a plpgsql row trigger inserting ``to_json(NEW)`` into its own bigserial table (a ceiling for any
   trigger-based capture);
 - events: the same INSERT into ``pgchanges.events`` (its defaults: id, xid, created_at), SECURITY DEFINER;
@@ -37,6 +40,14 @@ from pgchanges.names import TableName
 
 SETUP = """
 CREATE TABLE plain (id bigserial PRIMARY KEY, v text);
+CREATE TABLE empty (id bigserial PRIMARY KEY, v text);
+CREATE FUNCTION empty_trigger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+CREATE TRIGGER t AFTER INSERT ON empty FOR EACH ROW EXECUTE FUNCTION empty_trigger();
+CREATE TABLE keyless (id bigserial PRIMARY KEY, v text);
+CREATE TABLE keyless_outbox (payload json);
+CREATE FUNCTION keyless_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO keyless_outbox (payload) VALUES (to_json(NEW)); RETURN NULL; END $$;
+CREATE TRIGGER t AFTER INSERT ON keyless FOR EACH ROW EXECUTE FUNCTION keyless_trigger();
 CREATE TABLE simplest (id bigserial PRIMARY KEY, v text);
 CREATE TABLE simplest_outbox (id bigserial PRIMARY KEY, payload json);
 CREATE FUNCTION simplest_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -87,7 +98,7 @@ BEGIN
     END LOOP;
 END $$;
 """
-VARIANTS = ("plain", "simplest", "events", "version8", "pgchanges")
+VARIANTS = ("plain", "empty", "keyless", "simplest", "events", "version8", "pgchanges")
 
 
 def rotated(rnd: int) -> tuple[str, ...]:
@@ -154,11 +165,18 @@ rotated order, median of per-round ratios to no capture.
 |---|---|---|---|
 {rows}
 
-Variants: `plain` no trigger; `simplest` a plpgsql row trigger inserting `to_json(NEW)` into its own bigserial
-table (a ceiling for trigger-based capture); `events` the same INSERT into `pgchanges.events`, SECURITY
-DEFINER; `version8` pgchanges' triggers of schema version 8 (a row function branching on the operation and a
-wake-up statement trigger); `pgchanges` the triggers installed now (schema version 9: one function per
-operation that also reads the `pgchanges.sleep_until` sequence).
+Variants:
+- `plain`: no trigger;
+- `empty`: a plpgsql row trigger that does nothing (what any row trigger costs);
+- `keyless`: a row trigger inserting `to_json(NEW)` into a one-column table with no key, index or sequence (the
+  least an outbox row can cost; it gives up ordering and any way to find new events);
+- `simplest`: a plpgsql row trigger inserting `to_json(NEW)` into its own bigserial table (the outbox that
+  DESIGN §5 measured);
+- `events`: the same INSERT into `pgchanges.events`, SECURITY DEFINER;
+- `version8`: pgchanges' triggers of schema version 8 (a row function branching on the operation and a wake-up
+  statement trigger);
+- `pgchanges`: the triggers installed now (schema version 9: one function per operation that also reads the
+  `pgchanges.sleep_until` sequence).
 
 pgbench rounds (ratio to plain):
 {chr(10).join(f"- {v}: " + ", ".join(f"{r:.3f}" for r in ratios[v]) for v in VARIANTS)}

@@ -114,3 +114,27 @@ async def test_a_sleeping_worker_is_woken_by_the_first_write(dsn, db):
         await changes.ack(got[0])
     assert got[0].new == {"id": 1}
     assert sleeping_workers(db, "c") == 0
+
+
+@pytest.mark.anyio
+async def test_a_write_begun_before_the_worker_slept_is_not_left_for_the_poll(dsn, db):
+    """The writer checks for sleepers (none yet) before the worker announces its sleep, and commits after the
+    worker's last look: its trigger sent no NOTIFY, yet the event must not wait for the 120 s poll."""
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    async with pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="c", poll_interval=120):
+        pass  # the consumer exists from here on
+    with psycopg.connect(dsn) as writer:
+        writer.execute("INSERT INTO t VALUES (1)")  # its trigger finds nobody asleep: no NOTIFY at commit
+        assert sleep_until_value(db) == 0
+        got = []
+        async with pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="c", poll_interval=120) as changes:
+
+            async def receive():
+                got.extend(await take(changes, 1, timeout=10))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(receive)
+                await wait_until(lambda: sleeping_workers(db, "c") > 0, "the idle stream to go to sleep")
+                writer.commit()
+            await changes.ack(got[0])
+    assert got[0].new == {"id": 1}

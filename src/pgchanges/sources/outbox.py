@@ -61,6 +61,8 @@ MAINTENANCE_LOCK = 0x70676368_6D  # "pgchm"
 IDLE_POLL_SECONDS = (0.005, 0.01, 0.02, 0.04)
 # A sleeping worker's deadline (after which writers stop notifying it) lies this far past its longest wait.
 SLEEP_DEADLINE_SLACK_SECONDS = 1.0
+# A sleeping worker first looks again this soon when writers were in flight as it announced its sleep.
+WRITER_RECHECK_SECONDS = 0.005
 
 
 @dataclass(frozen=True)
@@ -637,30 +639,57 @@ class OutboxSource:
             await self._sleep_until_work()
 
     async def _sleep_until_work(self) -> None:
-        """Announce this worker as sleeping, look once more, then wait for a wake-up or the poll interval."""
+        """Announce this worker as sleeping, look once more, then wait for a wake-up or the poll interval.
+
+        A writer that checked for sleepers just before the announcement, and commits after the last look, will
+        not wake this worker: while such writers are in flight the worker looks again as each of them ends
+        (checking at growing intervals), so their events are not left waiting for the poll interval.
+        """
         params = {"consumer": self.consumer, "worker": self.worker}
 
-        def announce(conn: psycopg.Connection[Any]) -> float | None:
+        def announce(conn: psycopg.Connection[Any]) -> tuple[float | None, list[str]]:
             # writers NOTIFY until this worker wakes, or at the latest a little after its longest wait
             conn.execute(query("sleep"), {**params, "seconds": self._poll_interval + SLEEP_DEADLINE_SLACK_SECONDS})
             conn.commit()
+            writers = conn.execute(query("writers_in_flight")).fetchone()
             if self._cut(conn):
-                return 0.0
+                return 0.0, []
             row = conn.execute(query("next_run_at"), {"consumer": self.consumer}).fetchone()
             conn.commit()
-            return None if row is None or row[0] is None else float(row[0])
+            next_run = None if row is None or row[0] is None else float(row[0])
+            return next_run, list(writers[0]) if writers else []
 
-        next_run = await self._call(announce)
+        next_run, writers = await self._call(announce)
         try:
             if next_run is not None and next_run <= 0:
                 return
             timeout = self._poll_interval if next_run is None else min(self._poll_interval, next_run)
             with anyio.CancelScope() as self._wait_scope, anyio.move_on_after(timeout):
-                await self._listener.receive()
+                await self._wait_for_wake_up(writers)
         finally:
             self._wait_scope = None
             with anyio.CancelScope(shield=True):
                 await self._call(self._unannounce, params)
+
+    async def _wait_for_wake_up(self, writers: list[str]) -> None:
+        """Return at the first NOTIFY, or as soon as one of ``writers`` (in flight at the announcement) ended."""
+        recheck = WRITER_RECHECK_SECONDS
+        while True:
+            if not writers:
+                await self._listener.receive()
+                return
+            with anyio.move_on_after(recheck):
+                await self._listener.receive()
+                return
+            if await self._call(self._writers_still_in_flight, writers) < len(writers):
+                return
+            recheck = min(recheck * 2, self._poll_interval)
+
+    @staticmethod
+    def _writers_still_in_flight(conn: psycopg.Connection[Any], writers: list[str]) -> int:
+        row = conn.execute(query("writers_still_in_flight"), {"writers": writers}).fetchone()
+        conn.commit()
+        return int(row[0]) if row else 0
 
     @staticmethod
     def _unannounce(conn: psycopg.Connection[Any], params: dict[str, str]) -> None:

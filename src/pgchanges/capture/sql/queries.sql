@@ -176,6 +176,23 @@ SELECT pgchanges.sleep_v1(%(consumer)s, %(worker)s, %(seconds)s)
 -- name: wake
 SELECT pgchanges.wake_v1(%(consumer)s, %(worker)s)
 
+-- name: writers_in_flight
+-- Other transactions that have written events and not yet ended: they hold ROW EXCLUSIVE on pgchanges.events
+-- until they end (readers hold ACCESS SHARE). Asked right after a worker announced its sleep: one of these may
+-- have checked for sleepers before the announcement, and so will not wake the worker when it commits.
+SELECT coalesce(array_agg(DISTINCT l.virtualtransaction), '{}')
+FROM pg_catalog.pg_locks l
+WHERE l.locktype = 'relation' AND l.relation = 'pgchanges.events'::regclass AND l.mode = 'RowExclusiveLock'
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+  AND l.pid <> pg_backend_pid()
+
+-- name: writers_still_in_flight
+-- How many of %(writers)s (virtual transaction ids from writers_in_flight) have not yet ended.
+SELECT count(DISTINCT l.virtualtransaction)
+FROM pg_catalog.pg_locks l
+WHERE l.locktype = 'relation' AND l.relation = 'pgchanges.events'::regclass AND l.mode = 'RowExclusiveLock'
+  AND l.virtualtransaction = ANY (%(writers)s::text[])
+
 -- name: next_run_at
 -- Seconds until the next runnable parked event (the oldest of its row) is due: negative when due now, NULL
 -- when nothing is parked.
