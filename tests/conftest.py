@@ -69,13 +69,16 @@ def db(dsn: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll ``predicate`` (cheap, in-memory checks only) until true; fail with ``what`` after ``timeout``."""
+async def wait_until(predicate: Callable[[], bool], what: str | Callable[[], str], timeout: float = 10.0) -> None:
+    """Poll ``predicate`` (cheap, in-memory checks only) until true; fail with ``what`` after ``timeout``.
+
+    ``what`` may be a function, called at the failure, to say what was seen by then.
+    """
     with anyio.move_on_after(timeout):
         while not predicate():
             await anyio.sleep(0.01)
         return
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+    pytest.fail(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:

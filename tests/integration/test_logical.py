@@ -5,6 +5,7 @@ import psycopg
 import pytest
 
 import pgchanges
+from pgchanges.db.replication import ReplicationStream
 from pgchanges.embedded import LocalCluster, pgserver_bindir
 from tests.conftest import take, wait_until
 
@@ -158,13 +159,53 @@ async def test_transaction_handlers_get_whole_transactions(dsn, db):
         db.execute("INSERT INTO b VALUES (2)")
         # each handler runs on its own: wait for all of them, not only the first to finish
         await wait_until(
-            lambda: len(whole) == 2 and len(only_b) == 2 and len(single) == 5, "every handler to see both transactions"
+            lambda: len(whole) == 2 and len(only_b) == 2 and len(single) == 5,
+            lambda: f"every handler to see both transactions: {whole=} {only_b=} {single=}",
         )
         app.stop()
     assert whole[0] == [("a", "insert")] * 5 + [("b", "insert"), ("a", "delete")]
     assert whole[1] == [("b", "insert")]
     assert only_b == [1, 1]
     assert single == [1, 2, 3, 4, 5]
+
+
+async def test_transaction_handlers_run_when_a_commit_arrives_on_its_own(dsn, db, monkeypatch):
+    """The network may hand over a transaction's changes in one read and its commit in the next (the full suite
+    hit this now and then): the commit alone must still run the transaction handlers, and the slot must not
+    pass the transaction before they returned."""
+    real_read = ReplicationStream.read
+    unread: dict[int, list] = {}
+
+    async def one_message_per_read(self):
+        queue = unread.setdefault(id(self), [])
+        while not queue:
+            queue.extend(await real_read(self))
+        return [queue.pop(0)]
+
+    monkeypatch.setattr(ReplicationStream, "read", one_message_per_read)
+    db.execute("CREATE TABLE a (id int PRIMARY KEY)")
+    app = pgchanges.App(dsn, source="logical", slot="alone")
+    seen, commits = [], []
+    release = anyio.Event()
+
+    async def whole(changes):
+        seen.append([(c.op, c.new["id"]) for c in changes])
+        high, low = changes[0].position.split("/")
+        commits.append((int(high, 16) << 32) + int(low, 16))
+        await release.wait()
+
+    app.on_transaction(tables=["a"])(whole)
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.serve)
+        db.execute("INSERT INTO a VALUES (1)")
+        db.execute("INSERT INTO a VALUES (2)")
+        await wait_until(lambda: len(seen) == 1, lambda: f"the first transaction's handler to run: {seen=}")
+        # the position to confirm to the slot has not passed the transaction's commit while its handler runs
+        assert app.source._flushed <= commits[0]
+        release.set()
+        await wait_until(lambda: len(seen) == 2, lambda: f"the second transaction's handler to run: {seen=}")
+        app.stop()
+    assert seen == [[("insert", 1)], [("insert", 2)]]
 
 
 async def test_a_failing_handler_is_logged_and_the_stream_goes_on(dsn, db, caplog):

@@ -145,7 +145,8 @@ class LogicalSource:
         self._wait_scope: anyio.CancelScope | None = None
         self._collect = False  # keep each transaction's changes for transaction handlers
         self._emitted = 0  # changes emitted so far, to know when a whole transaction was dispatched
-        self._completed: list[tuple[int, list[Change]]] = []  # (number of its last change, its changes)
+        # transactions whose changes are kept for transaction handlers: (number of its last change, it)
+        self._completed: list[tuple[int, _Transaction]] = []
         self._want_snapshot = snapshot
         self._snapshot_plan: list[snapshot_mod.TableSnapshot] = []
         self._snapshot_name: str | None = None  # exported with the slot; None: read a fresh snapshot
@@ -328,6 +329,8 @@ class LogicalSource:
             if batch:
                 for start in range(0, len(batch), self.batch_size):
                     yield batch[start : start + self.batch_size]
+            elif self._completed:
+                yield []  # a commit came without changes of its own: its transaction handlers are due
             self._maybe_send_status()
 
     async def _handle(self, messages: list[Any]) -> list[Event]:
@@ -381,8 +384,9 @@ class LogicalSource:
             return
         txn.end_lsn = message.end_lsn
         if txn.changes:
-            self._completed.append((self._emitted, txn.changes))
-            txn.changes = None
+            # its transaction handlers are one more thing to acknowledge: the slot waits for them
+            txn.delivered += 1
+            self._completed.append((self._emitted, txn))
         if txn.delivered == 0:
             self._advance_to(message.end_lsn)
         else:
@@ -589,7 +593,10 @@ class LogicalSource:
             dispatched += sum(1 for e in batch if isinstance(e, Change) and _numbered(e))
             if on_transaction is not None:
                 while self._completed and self._completed[0][0] <= dispatched:
-                    await on_transaction(self._completed.pop(0)[1])
+                    txn = self._completed.pop(0)[1]
+                    changes, txn.changes = txn.changes or [], None
+                    await on_transaction(changes)
+                    txn.acked += 1
             await self.ack([e for e in batch if isinstance(e, Change)])
             if self._stopping:
                 return
