@@ -232,6 +232,19 @@ async def test_replay_and_retention(dsn, db):
     assert left == 0
 
 
+async def test_retention_removes_finished_events_past_it_and_keeps_younger_ones(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    async with pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="c") as changes:
+        db.execute("INSERT INTO t SELECT generate_series(1, 6)")
+        await changes.ack(*await take(changes, 6))
+    ids = [r[0] for r in db.execute("SELECT id FROM pgchanges.events ORDER BY id")]
+    db.execute("UPDATE pgchanges.events SET created_at = now() - interval '2 hours' WHERE id <= %s", (ids[2],))
+    db.execute(query("purge_events"), {"retention": 3600, "limit": 1000})
+    assert [r[0] for r in db.execute("SELECT id FROM pgchanges.events ORDER BY id")] == ids[3:]
+    db.execute(query("purge_events"), {"retention": 0, "limit": 1000})
+    assert db.execute("SELECT count(*) FROM pgchanges.events").fetchone()[0] == 0
+
+
 async def test_status_counts(dsn, db):
     db.execute("CREATE TABLE t (id int PRIMARY KEY)")
     async with pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="c") as changes:

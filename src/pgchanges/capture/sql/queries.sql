@@ -35,11 +35,12 @@ fresh AS (
 chunked AS (
     SELECT lane, id, (row_number() OVER (PARTITION BY lane ORDER BY id) - 1) / %(batch)s AS chunk FROM fresh
 ),
-made AS (
+made AS (  -- grouped by hashing, without sorting again: readers order a batch's events by id
     INSERT INTO pgchanges.batches (consumer, lane, cut, chunk, event_ids, first_id)
-    SELECT c.name, k.lane, c.cut, k.chunk, array_agg(k.id ORDER BY k.id), min(k.id)
-    FROM chunked k CROSS JOIN c
-    GROUP BY c.name, c.cut, k.lane, k.chunk
+    SELECT c.name, g.lane, c.cut, g.chunk, g.ids, g.first_id
+    FROM (SELECT k.lane, k.chunk, array_agg(k.id) AS ids, min(k.id) AS first_id FROM chunked k
+          GROUP BY k.lane, k.chunk) g
+    CROSS JOIN c
     RETURNING cardinality(event_ids) AS size
 ),
 marked AS (
@@ -204,10 +205,16 @@ WHERE p.consumer = %(consumer)s
 
 -- name: purge_events
 -- Events every consumer has cut, that no batch, parked event or dead letter still needs, past the retention.
+-- Only ids below the oldest event still within the retention are looked at (ids follow creation closely; an
+-- old event behind a younger id waits for the next round): with nothing to purge this reads one index entry,
+-- not every retained event.
 DELETE FROM pgchanges.events e
 WHERE e.id IN (
     SELECT x.id FROM pgchanges.events x
     WHERE x.created_at < now() - make_interval(secs => %(retention)s)
+      AND x.id < coalesce((SELECT min(y.id) FROM pgchanges.events y
+                           WHERE y.created_at >= now() - make_interval(secs => %(retention)s)),
+                          9223372036854775807)
       AND x.id < coalesce((SELECT min(first_id) FROM pgchanges.batches), 9223372036854775807)
       AND NOT EXISTS (SELECT 1 FROM pgchanges.consumers c
                       WHERE x.table_oid = ANY (c.table_oids) AND NOT pg_visible_in_snapshot(x.xid, c.cut_snapshot))
