@@ -513,10 +513,14 @@ class OutboxSource:
 
         No lane has work: cut the events that became visible since the last cut, and look again.
         """
+        params = {"consumer": self.consumer, "start": self._start_lane}
         for attempt in (1, 2):
-            row = conn.execute(query("claim_lane"), {"consumer": self.consumer, "start": self._start_lane}).fetchone()
+            with conn.pipeline():  # the claim and the read of the claimed lane in one round trip
+                claimed = conn.execute(query("claim_lane"), params)
+                batch = conn.execute(query("lane_batch"), params)
+            row = claimed.fetchone()
             if row is not None:
-                return self._read_lane(conn, int(row[0]))
+                return self._read_lane(conn, int(row[0]), batch.fetchall())
             conn.commit()
             if attempt == 1 and not self._cut(conn):
                 return None
@@ -534,11 +538,11 @@ class OutboxSource:
         conn.commit()
         return made > 0
 
-    def _read_lane(self, conn: psycopg.Connection[Any], lane: int) -> _Claim:
-        """The locked lane's oldest batch; first, if the lane has parked events, the runnable ones (the oldest
-        of each row, when due), and the batch's events of rows with parked events are parked behind them."""
+    def _read_lane(self, conn: psycopg.Connection[Any], lane: int, rows: list[tuple[Any, ...]]) -> _Claim:
+        """The locked lane's oldest batch (``rows`` of lane_batch); first, if the lane has parked events, the
+        runnable ones (the oldest of each row, when due), and the batch's events of rows with parked events are
+        parked behind them."""
         params = {"consumer": self.consumer, "lane": lane}
-        rows = conn.execute(query("lane_batch"), params).fetchall()
         has_parked = bool(rows and rows[0][0])
         events = [r[1:] for r in rows if r[3] is not None]
         self._learn_types(conn, events)

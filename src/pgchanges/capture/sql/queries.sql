@@ -75,6 +75,11 @@ WHERE EXISTS (SELECT 1 FROM pgchanges.sleepers WHERE consumer = %(consumer)s AND
 -- worker starts looking at its own lane number, so that workers rarely meet on the same lane. The lane's
 -- batch is read by the next statement: its snapshot is taken after the lock, so it sees what the lane's
 -- previous holder committed (read in this statement's snapshot, a batch just finished could be read again).
+-- The lane is also left in the transaction's setting pgchanges.lane, so that the next statement can be sent
+-- with this one (one round trip); it is set above the locking, for the locked lane only (a lane skipped as
+-- locked by another worker never reaches the outer SELECT).
+SELECT c.lane, pg_catalog.set_config('pgchanges.lane', c.lane::text, true)
+FROM (
 SELECT l.lane
 FROM pgchanges.lanes l
 WHERE l.consumer = %(consumer)s
@@ -87,6 +92,7 @@ WHERE l.consumer = %(consumer)s
 ORDER BY l.lane < %(start)s, l.lane
 LIMIT 1
 FOR UPDATE OF l SKIP LOCKED
+) c
 
 -- name: lane_parked
 SELECT event_id, row_key, attempts, last_error, run_at <= now()
@@ -96,13 +102,16 @@ ORDER BY event_id
 -- name: lane_batch
 -- The lane's oldest batch, and whether the lane has parked events. Names are looked up once per table of the
 -- batch, not per event (0.7 ms of 1.7 ms per 200 events, measured); the row key only when the lane has
--- parked events to compare it with (its JSON lookup was 5.5 of 9 µs per event).
-WITH p AS (
-    SELECT EXISTS (SELECT 1 FROM pgchanges.parked WHERE consumer = %(consumer)s AND lane = %(lane)s) AS has_parked
+-- parked events to compare it with (its JSON lookup was 5.5 of 9 µs per event). The lane is the one
+-- claim_lane locked in this transaction (none: no rows).
+WITH l AS (SELECT nullif(pg_catalog.current_setting('pgchanges.lane', true), '')::integer AS lane),
+p AS (
+    SELECT EXISTS (SELECT 1 FROM pgchanges.parked WHERE consumer = %(consumer)s AND lane = (SELECT lane FROM l))
+           AS has_parked
 ),
 b AS (
     SELECT cut, chunk, event_ids FROM pgchanges.batches
-    WHERE consumer = %(consumer)s AND lane = %(lane)s
+    WHERE consumer = %(consumer)s AND lane = (SELECT lane FROM l)
     ORDER BY cut, chunk LIMIT 1
 ),
 ev AS MATERIALIZED (
