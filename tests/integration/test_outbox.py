@@ -37,6 +37,52 @@ async def test_event_committed_late_is_not_skipped(dsn, db):
     assert second.position < first.position
 
 
+def cut_once(dsn, consumer, limit, batch=2):
+    """One cut as a worker makes it: (events cut, whether it went on with a snapshot cut in pieces)."""
+    with psycopg.connect(dsn) as conn:
+        seq = conn.execute(query("sequence_position")).fetchone()[0]
+        conn.execute(query("take_xid"))
+        row = conn.execute(query("cut"), {"consumer": consumer, "batch": batch, "limit": limit, "seq": seq}).fetchone()
+        return int(row[1]), bool(row[2])
+
+
+async def test_a_backlog_is_cut_in_pieces_in_commit_order_without_losing_a_late_commit(dsn, db):
+    """With 2 lanes and batches of 2 a cut takes at most 16 events: 60 updates of 6 rows need several pieces,
+    and an event that commits late, while the pieces of a snapshot are being cut, comes in a later cut."""
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+    seen = []
+
+    def consumer():
+        app = pgchanges.App(dsn, source="outbox", consumer="pieces", lanes=2, batch_size=2)
+        app.on("t")(lambda change: seen.append((change.new["id"], change.new["v"])))
+        return app
+
+    await serve_while(consumer(), anyio.lowlevel.checkpoint)  # the consumer exists from here on
+    with psycopg.connect(dsn) as late:
+        late.execute("INSERT INTO t VALUES (100, 0)")  # the smallest event id, committed last
+        db.execute("INSERT INTO t SELECT g, 0 FROM generate_series(1, 6) g")
+        for v in range(1, 10):
+            for row in range(1, 7):
+                db.execute("UPDATE t SET v = %s WHERE id = %s", (v, row))
+        backlog = lambda: db.execute(query("consumer_status"), {"consumer": "pieces"}).fetchone()[1]  # noqa: E731
+        assert backlog() == 60
+        assert cut_once(dsn, "pieces", limit=16) == (16, False)
+        assert cut_once(dsn, "pieces", limit=16) == (16, True)  # the same snapshot, ids above the first piece
+        assert backlog() == 60, "pieces cut and pieces still to cut are each counted once"
+
+        async def body():
+            await wait_until(lambda: len(seen) == 60, lambda: f"the committed backlog: {len(seen)} of 60")
+            late.commit()
+            await wait_until(lambda: len(seen) == 61, lambda: f"the late event: {len(seen)} of 61")
+
+        await serve_while(consumer(), body)
+    assert len(set(seen)) == 61, "each event once"
+    for row in range(1, 7):
+        assert [v for r, v in seen if r == row] == list(range(10)), f"row {row} out of commit order"
+    assert (100, 0) in seen
+    assert db.execute("SELECT pending_snapshot, pending_after FROM pgchanges.consumers").fetchone() == (None, None)
+
+
 async def test_unacknowledged_changes_are_delivered_again(dsn, db):
     db.execute("CREATE TABLE t (id int PRIMARY KEY)")
     db.execute("INSERT INTO t VALUES (0)")  # installs nothing yet: capture comes with the stream

@@ -61,6 +61,8 @@ MAINTENANCE_LOCK = 0x70676368_6D  # "pgchm"
 IDLE_POLL_SECONDS = (0.005, 0.01, 0.02, 0.04)
 # A sleeping worker's deadline (after which writers stop notifying it) lies this far past its longest wait.
 SLEEP_DEADLINE_SLACK_SECONDS = 1.0
+# A cut takes at most this many batches per lane of events; the rest of its snapshot goes to the next cuts.
+CUT_PIECE_BATCHES = 4
 # A sleeping worker first looks again this soon when writers were in flight as it announced its sleep.
 WRITER_RECHECK_SECONDS = 0.005
 
@@ -527,16 +529,27 @@ class OutboxSource:
         return None
 
     def _cut(self, conn: psycopg.Connection[Any]) -> bool:
-        """Cut new events into batches (one worker at a time; the others skip); whether any were cut."""
-        seq = conn.execute(query("sequence_position")).fetchone()  # first the sequence, then an xid (see 0008)
-        conn.execute(query("take_xid"))
-        params = {"consumer": self.consumer, "batch": self.batch_size, "seq": int(seq[0]) if seq else 0}
-        row = conn.execute(query("cut"), params).fetchone()
-        made = int(row[1]) if row else 0
-        if made:
-            conn.execute(query("wake_others"), {"consumer": self.consumer})
-        conn.commit()
-        return made > 0
+        """Cut new events into batches (one worker at a time; the others skip); whether any were cut.
+
+        A cut takes at most ``CUT_PIECE_BATCHES`` batches per lane, so that after downtime the workers start
+        on the first piece of the backlog while the next is cut (see 0010). A cut that only found the end of
+        the snapshot it was cutting in pieces is followed at once by a cut of a new snapshot.
+        """
+        params: dict[str, Any] = {
+            "consumer": self.consumer,
+            "batch": self.batch_size,
+            "limit": self.batch_size * self.lanes * CUT_PIECE_BATCHES,
+        }
+        while True:
+            seq = conn.execute(query("sequence_position")).fetchone()  # first the sequence, then an xid (see 0008)
+            conn.execute(query("take_xid"))
+            row = conn.execute(query("cut"), {**params, "seq": int(seq[0]) if seq else 0}).fetchone()
+            made, continued = (int(row[1]), bool(row[2])) if row else (0, False)
+            if made:
+                conn.execute(query("wake_others"), {"consumer": self.consumer})
+            conn.commit()
+            if made or not continued:
+                return made > 0
 
     def _read_lane(self, conn: psycopg.Connection[Any], lane: int, rows: list[tuple[Any, ...]]) -> _Claim:
         """The locked lane's oldest batch (``rows`` of lane_batch); first, if the lane has parked events, the

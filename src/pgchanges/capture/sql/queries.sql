@@ -13,24 +13,30 @@ SELECT %(consumer)s, l FROM generate_series(0, %(lanes)s - 1) AS l
 ON CONFLICT DO NOTHING
 
 -- name: cut
--- Events that became visible since the consumer's last cut, split into lanes and batches (see 0008). %(seq)s
--- is the event sequence as read before this transaction got its id (cut_mark_start).
+-- Events that became visible since the consumer's last cut, split into lanes and batches (see 0008), at
+-- most %(limit)s of them, in id order; the rest of the same snapshot is taken by the next cuts (see 0010).
+-- %(seq)s is the event sequence as read before this transaction got its id (cut_mark_start).
 WITH c AS (
-    SELECT name, table_oids, lanes, cut_snapshot AS prev, cuts + 1 AS cut
+    SELECT name, table_oids, lanes, cut_snapshot AS prev, cuts + 1 AS cut,
+           coalesce(pending_snapshot, pg_current_snapshot()) AS cur, coalesce(pending_after, -1) AS after
     FROM pgchanges.consumers WHERE name = %(consumer)s
     FOR UPDATE SKIP LOCKED
 ),
-snap AS (SELECT pg_current_snapshot() AS cur),
 low AS (  -- the mark below which every event was visible in prev
     SELECT f.cut_xid, f.seq FROM c CROSS JOIN LATERAL pgchanges.cut_floor_v1(c.name, c.prev) f
 ),
+taken AS MATERIALIZED (
+    SELECT e.id, e.table_oid, coalesce(e.new_row, e.old_row) AS row_data
+    FROM c CROSS JOIN low
+    JOIN pgchanges.events e ON e.id >= low.seq AND e.id > c.after AND e.table_oid = ANY (c.table_oids)
+    WHERE pg_visible_in_snapshot(e.xid, c.cur) AND NOT pg_visible_in_snapshot(e.xid, c.prev)
+    ORDER BY e.id
+    LIMIT %(limit)s
+),
 fresh AS (
-    SELECT e.id, pgchanges.lane_v1(pgchanges.row_key_v2(e.table_oid, k.key_columns, coalesce(e.new_row, e.old_row)),
-                                   c.lanes) AS lane
-    FROM c CROSS JOIN snap CROSS JOIN low
-    JOIN pgchanges.events e ON e.id >= low.seq AND e.table_oid = ANY (c.table_oids)
-    LEFT JOIN pgchanges.captures k ON k.table_oid = e.table_oid AND k.source = 'outbox'
-    WHERE pg_visible_in_snapshot(e.xid, snap.cur) AND NOT pg_visible_in_snapshot(e.xid, c.prev)
+    SELECT t.id, pgchanges.lane_v1(pgchanges.row_key_v2(t.table_oid, k.key_columns, t.row_data), c.lanes) AS lane
+    FROM taken t CROSS JOIN c
+    LEFT JOIN pgchanges.captures k ON k.table_oid = t.table_oid AND k.source = 'outbox'
 ),
 chunked AS (
     SELECT lane, id, (row_number() OVER (PARTITION BY lane ORDER BY id) - 1) / %(batch)s AS chunk FROM fresh
@@ -51,13 +57,18 @@ marked AS (
 pruned AS (  -- marks older than the one used now are never needed again: xmin only grows
     DELETE FROM pgchanges.cut_marks m USING c, low WHERE m.consumer = c.name AND m.cut_xid < low.cut_xid
 ),
-moved AS (
-    UPDATE pgchanges.consumers s SET cut_snapshot = snap.cur, cuts = c.cut, seen_at = now()
-    FROM c CROSS JOIN snap
+counted AS (SELECT count(*) AS n, max(id) AS last_id FROM taken),
+moved AS (  -- a full piece: more of the snapshot may be left for the next cut; otherwise the cut is complete
+    UPDATE pgchanges.consumers s
+    SET cut_snapshot = CASE WHEN n.n < %(limit)s THEN c.cur ELSE s.cut_snapshot END,
+        pending_snapshot = CASE WHEN n.n < %(limit)s THEN NULL ELSE c.cur END,
+        pending_after = CASE WHEN n.n < %(limit)s THEN NULL ELSE n.last_id END,
+        cuts = c.cut, seen_at = now()
+    FROM c CROSS JOIN counted n
     WHERE s.name = c.name
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM moved), coalesce((SELECT sum(size) FROM made), 0)
+SELECT (SELECT count(*) FROM moved), coalesce((SELECT sum(size) FROM made), 0), (SELECT c.after >= 0 FROM c)
 
 -- name: sequence_position
 -- The first step of a cut (see 0008): the event sequence, read before this transaction gets its id.
@@ -237,7 +248,8 @@ INSERT INTO pgchanges.parked (consumer, event_id, lane, row_key)
 SELECT c.name, v.id, pgchanges.lane_v1(v.row_key, c.lanes), v.row_key
 FROM pgchanges.consumers c JOIN pgchanges.events_named v ON v.table_oid = ANY (c.table_oids)
 WHERE c.name = %(consumer)s
-  AND pg_visible_in_snapshot(v.xid, c.cut_snapshot)  -- later events are still to be cut
+  AND (pg_visible_in_snapshot(v.xid, c.cut_snapshot)  -- later events are still to be cut, but for the pieces
+       OR (v.id <= c.pending_after AND pg_visible_in_snapshot(v.xid, c.pending_snapshot)))  -- cut so far
   AND (%(since_id)s::bigint IS NULL OR v.id >= %(since_id)s)
   AND (%(since_time)s::timestamptz IS NULL OR v.created_at >= %(since_time)s)
 ON CONFLICT (consumer, event_id) DO UPDATE SET attempts = 0, run_at = '-infinity', last_error = NULL
@@ -279,12 +291,14 @@ WITH locked AS (  -- lanes a worker holds now (its FOR UPDATE conflicts with KEY
         WHERE %(consumer)s::text IS NULL OR consumer = %(consumer)s
         FOR KEY SHARE SKIP LOCKED) l
 ),
-uncut AS (  -- events not cut yet, found above the consumer's mark as the cut finds them
+uncut AS (  -- events not cut yet, found above the consumer's mark as the cut finds them (the pieces of a
+            -- snapshot being cut in pieces are cut: see 0010)
     SELECT c.name, count(e.id) AS n, min(e.created_at) AS oldest
     FROM pgchanges.consumers c
     CROSS JOIN LATERAL pgchanges.cut_floor_v1(c.name, c.cut_snapshot) low
     LEFT JOIN pgchanges.events e
       ON e.id >= low.seq AND e.table_oid = ANY (c.table_oids) AND NOT pg_visible_in_snapshot(e.xid, c.cut_snapshot)
+         AND NOT coalesce(e.id <= c.pending_after AND pg_visible_in_snapshot(e.xid, c.pending_snapshot), false)
     GROUP BY c.name
 )
 SELECT c.name,
