@@ -130,6 +130,7 @@ class _Claim:
     lane: int
     batch: tuple[int, int] | None
     items: list[_Claimed]
+    cut_ahead: bool = False  # a snapshot is being cut in pieces and about one batch per lane is left
 
 
 @dataclass
@@ -466,6 +467,8 @@ class OutboxSource:
             if not conn.broken:
                 conn.rollback()
             raise
+        if claim.cut_ahead:  # cut the next piece while the other lanes still have work (see 0010)
+            self._cut(conn)
 
     def _write_outcome(self, conn: psycopg.Connection[Any], claim: _Claim, outcome: _Outcome) -> None:
         """Handled parked events leave the parking; released, failed and unacknowledged ones are parked (or
@@ -520,9 +523,12 @@ class OutboxSource:
             with conn.pipeline():  # the claim and the read of the claimed lane in one round trip
                 claimed = conn.execute(query("claim_lane"), params)
                 batch = conn.execute(query("lane_batch"), params)
+                ahead = conn.execute(query("cut_ahead"), params)
             row = claimed.fetchone()
             if row is not None:
-                return self._read_lane(conn, int(row[0]), batch.fetchall())
+                claim = self._read_lane(conn, int(row[0]), batch.fetchall())
+                claim.cut_ahead = bool((ahead.fetchone() or (False,))[0])
+                return claim
             conn.commit()
             if attempt == 1 and not self._cut(conn):
                 return None

@@ -105,6 +105,13 @@ LIMIT 1
 FOR UPDATE OF l SKIP LOCKED
 ) c
 
+-- name: cut_ahead
+-- Whether the worker should cut the next piece of a snapshot being cut in pieces once its batch is done: about
+-- one batch per lane is left, so the others would soon find no work (see 0010).
+SELECT c.pending_snapshot IS NOT NULL
+       AND (SELECT count(*) FROM pgchanges.batches b WHERE b.consumer = c.name) <= c.lanes
+FROM pgchanges.consumers c WHERE c.name = %(consumer)s
+
 -- name: lane_parked
 SELECT event_id, row_key, attempts, last_error, run_at <= now()
 FROM pgchanges.parked WHERE consumer = %(consumer)s AND lane = %(lane)s
