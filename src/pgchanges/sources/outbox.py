@@ -5,6 +5,7 @@ reads them in batches, without copying them (``capture/sql/0008_outbox_lanes.sql
 
 * a **cut** takes the events that became visible since the consumer's last cut snapshot (an event that commits
   late lands in a later cut, it is never skipped) and splits them by row key into the consumer's ``lanes``;
+  a backlog is cut in pieces of a few batches per lane (``capture/sql/0010_outbox_cut_pieces.sql``);
 * a worker locks one lane (``FOR UPDATE SKIP LOCKED``) and handles its oldest batch in a transaction that stays
   open while the handlers run. The batch is acknowledged (its row deleted) in that transaction, after its
   handlers returned; a handler that takes a second argument gets the transaction, so its own writes and the
@@ -61,8 +62,9 @@ MAINTENANCE_LOCK = 0x70676368_6D  # "pgchm"
 IDLE_POLL_SECONDS = (0.005, 0.01, 0.02, 0.04)
 # A sleeping worker's deadline (after which writers stop notifying it) lies this far past its longest wait.
 SLEEP_DEADLINE_SLACK_SECONDS = 1.0
-# A cut takes at most this many batches per lane of events; the rest of its snapshot goes to the next cuts.
-CUT_PIECE_BATCHES = 4
+# A cut takes at most this many batches per lane of events (25,600 with the defaults, a statement of about
+# 60 ms); the rest of its snapshot goes to the next cuts.
+CUT_PIECE_BATCHES = 16
 # A sleeping worker first looks again this soon when writers were in flight as it announced its sleep.
 WRITER_RECHECK_SECONDS = 0.005
 
