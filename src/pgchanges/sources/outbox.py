@@ -214,7 +214,8 @@ class OutboxSource:
         self._wait_scope: anyio.CancelScope | None = None
         self._open_batch: _Claim | None = None
         self._stream_acked: set[int] = set()
-        self._last_maintenance = 0.0
+        self._last_maintenance = -MAINTENANCE_EVERY_SECONDS  # due at the first cycle
+        self._next_claim: _Claim | None = None  # claimed with the previous batch's acknowledgement (App path)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -326,10 +327,15 @@ class OutboxSource:
                 if not worked and not self._stopping:
                     await self._wait_for_work(idle)
             except (psycopg.OperationalError, ConnectError, ConnectionLost) as exc:
+                self._next_claim = None  # its transaction went with the connection
                 delay = self._backoff.delay(failures)
                 failures += 1
                 log.warning("outbox worker lost its connection (%s); reconnecting in %.2fs", exc, delay)
                 await anyio.sleep(delay)
+        if self._next_claim is not None:  # claimed before the stop: give its lane back, unhandled
+            self._next_claim = None
+            with anyio.CancelScope(shield=True), contextlib.suppress(ConnectError, psycopg.Error):
+                await self._call(_roll_back)
 
     async def _reconnect_with_backoff(self) -> None:
         attempt = 0
@@ -351,10 +357,12 @@ class OutboxSource:
         await self._listener.open()
 
     async def _cycle(self, handling: Handling) -> bool:
-        await self._maybe_maintain()
-        claim = await self._claim()
+        claim, self._next_claim = self._next_claim, None
         if claim is None:
-            return False
+            await self._call(self._maybe_maintain)
+            claim = await self._claim()
+            if claim is None:
+                return False
         claimed = claim.items
         outcome = _Outcome()
         tx = Transaction(self._conn)  # type: ignore[arg-type]
@@ -368,8 +376,19 @@ class OutboxSource:
                 position = await self._handle_one_by_one(
                     handling, tx, claimed, position, failed_rows=failed_rows, outcome=outcome
                 )
-        await self._call(self._finish, claim, outcome)
+        if self._stopping:
+            await self._call(self._finish, claim, outcome)
+        else:
+            self._next_claim = await self._call(self._finish_and_claim, claim, outcome)
         return True
+
+    def _finish_and_claim(self, conn: psycopg.Connection[Any], claim: _Claim, outcome: _Outcome) -> _Claim | None:
+        """Acknowledge the batch in hand and claim the next one in the same hand-off to the worker thread (one
+        thread round trip per batch instead of two; between the two, the connection has no transaction open,
+        which is when maintenance may run)."""
+        self._finish(conn, claim, outcome)
+        self._maybe_maintain(conn)
+        return self._claim_sync(conn)
 
     async def _handle_plain(
         self,
@@ -723,12 +742,13 @@ class OutboxSource:
         conn.execute(query("wake"), params)
         conn.commit()
 
-    async def _maybe_maintain(self) -> None:
-        now = anyio.current_time()
+    def _maybe_maintain(self, conn: psycopg.Connection[Any]) -> None:
+        """Maintenance, when due; only between claims (it commits)."""
+        now = time.monotonic()
         if now - self._last_maintenance < MAINTENANCE_EVERY_SECONDS:
             return
         self._last_maintenance = now
-        await self._call(self._maintain)
+        self._maintain(conn)
 
     def _maintain(self, conn: psycopg.Connection[Any]) -> None:
         """Remove events every consumer finished, past the retention (one worker of the database at a time)."""
@@ -825,3 +845,8 @@ def _plain_calls(handling: Handling, claimed: list[_Claimed], position: int) -> 
             break
         calls.append(call)
     return calls
+
+
+def _roll_back(conn: psycopg.Connection[Any]) -> None:
+    if not conn.broken:
+        conn.rollback()
