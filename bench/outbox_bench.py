@@ -139,7 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--tps-seconds", type=int, default=6)
     parser.add_argument("--tps-rounds", type=int, default=5)

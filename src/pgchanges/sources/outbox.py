@@ -5,7 +5,7 @@ reads them in batches, without copying them (``capture/sql/0008_outbox_lanes.sql
 
 * a **cut** takes the events that became visible since the consumer's last cut snapshot (an event that commits
   late lands in a later cut, it is never skipped) and splits them by row key into the consumer's ``lanes``;
-  a backlog is cut in pieces of a few batches per lane (``capture/sql/0010_outbox_cut_pieces.sql``);
+  a backlog is cut in pieces of 16 batches per lane (``capture/sql/0010_outbox_cut_pieces.sql``);
 * a worker locks one lane (``FOR UPDATE SKIP LOCKED``) and handles its oldest batch in a transaction that stays
   open while the handlers run. The batch is acknowledged (its row deleted) in that transaction, after its
   handlers returned; a handler that takes a second argument gets the transaction, so its own writes and the
@@ -216,6 +216,7 @@ class OutboxSource:
         self._stream_acked: set[int] = set()
         self._last_maintenance = -MAINTENANCE_EVERY_SECONDS  # due at the first cycle
         self._next_claim: _Claim | None = None  # claimed with the previous batch's acknowledgement (App path)
+        self._looked_after_finish = False  # that claim found nothing (and cut nothing)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -327,7 +328,7 @@ class OutboxSource:
                 if not worked and not self._stopping:
                     await self._wait_for_work(idle)
             except (psycopg.OperationalError, ConnectError, ConnectionLost) as exc:
-                self._next_claim = None  # its transaction went with the connection
+                self._next_claim, self._looked_after_finish = None, False  # its transaction went with the connection
                 delay = self._backoff.delay(failures)
                 failures += 1
                 log.warning("outbox worker lost its connection (%s); reconnecting in %.2fs", exc, delay)
@@ -359,6 +360,9 @@ class OutboxSource:
     async def _cycle(self, handling: Handling) -> bool:
         claim, self._next_claim = self._next_claim, None
         if claim is None:
+            if self._looked_after_finish:  # the last acknowledgement looked for the next batch: none
+                self._looked_after_finish = False
+                return False
             await self._call(self._maybe_maintain)
             claim = await self._claim()
             if claim is None:
@@ -380,6 +384,7 @@ class OutboxSource:
             await self._call(self._finish, claim, outcome)
         else:
             self._next_claim = await self._call(self._finish_and_claim, claim, outcome)
+            self._looked_after_finish = self._next_claim is None
         return True
 
     def _finish_and_claim(self, conn: psycopg.Connection[Any], claim: _Claim, outcome: _Outcome) -> _Claim | None:
