@@ -390,8 +390,10 @@ class OutboxSource:
     def _finish_and_claim(self, conn: psycopg.Connection[Any], claim: _Claim, outcome: _Outcome) -> _Claim | None:
         """Acknowledge the batch in hand and claim the next one in the same hand-off to the worker thread (one
         thread round trip per batch instead of two; between the two, the connection has no transaction open,
-        which is when maintenance may run)."""
+        which is when maintenance and a cut ahead may run)."""
         self._finish(conn, claim, outcome)
+        if claim.cut_ahead:  # cut the next piece while the other lanes still have work (see 0010)
+            self._cut(conn)
         self._maybe_maintain(conn)
         return self._claim_sync(conn)
 
@@ -493,8 +495,6 @@ class OutboxSource:
             if not conn.broken:
                 conn.rollback()
             raise
-        if claim.cut_ahead:  # cut the next piece while the other lanes still have work (see 0010)
-            self._cut(conn)
 
     def _write_outcome(self, conn: psycopg.Connection[Any], claim: _Claim, outcome: _Outcome) -> None:
         """Handled parked events leave the parking; released, failed and unacknowledged ones are parked (or
@@ -736,9 +736,10 @@ class OutboxSource:
 
     @staticmethod
     def _writers_still_in_flight(conn: psycopg.Connection[Any], writers: list[str]) -> int:
-        row = conn.execute(query("writers_still_in_flight"), {"writers": writers}).fetchone()
+        """How many of ``writers`` (virtual transaction ids of writers_in_flight) have not yet ended."""
+        row = conn.execute(query("writers_in_flight")).fetchone()
         conn.commit()
-        return int(row[0]) if row else 0
+        return len(set(writers).intersection(row[0] if row else ()))
 
     @staticmethod
     def _unannounce(conn: psycopg.Connection[Any], params: dict[str, str]) -> None:

@@ -57,14 +57,16 @@ marked AS (
 pruned AS (  -- marks older than the one used now are never needed again: xmin only grows
     DELETE FROM pgchanges.cut_marks m USING c, low WHERE m.consumer = c.name AND m.cut_xid < low.cut_xid
 ),
-counted AS (SELECT count(*) AS n, max(id) AS last_id FROM taken),
-moved AS (  -- a full piece: more of the snapshot may be left for the next cut; otherwise the cut is complete
+piece AS (  -- a full piece: more of the snapshot may be left for the next cut; otherwise the cut is complete
+    SELECT count(*) < %(limit)s AS complete, max(id) AS last_id FROM taken
+),
+moved AS (
     UPDATE pgchanges.consumers s
-    SET cut_snapshot = CASE WHEN n.n < %(limit)s THEN c.cur ELSE s.cut_snapshot END,
-        pending_snapshot = CASE WHEN n.n < %(limit)s THEN NULL ELSE c.cur END,
-        pending_after = CASE WHEN n.n < %(limit)s THEN NULL ELSE n.last_id END,
+    SET cut_snapshot = CASE WHEN n.complete THEN c.cur ELSE s.cut_snapshot END,
+        pending_snapshot = CASE WHEN n.complete THEN NULL ELSE c.cur END,
+        pending_after = CASE WHEN n.complete THEN NULL ELSE n.last_id END,
         cuts = c.cut, seen_at = now()
-    FROM c CROSS JOIN counted n
+    FROM c CROSS JOIN piece n
     WHERE s.name = c.name
     RETURNING 1
 )
@@ -213,13 +215,6 @@ FROM pg_catalog.pg_locks l
 WHERE l.locktype = 'relation' AND l.relation = 'pgchanges.events'::regclass AND l.mode = 'RowExclusiveLock'
   AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
   AND l.pid <> pg_backend_pid()
-
--- name: writers_still_in_flight
--- How many of %(writers)s (virtual transaction ids from writers_in_flight) have not yet ended.
-SELECT count(DISTINCT l.virtualtransaction)
-FROM pg_catalog.pg_locks l
-WHERE l.locktype = 'relation' AND l.relation = 'pgchanges.events'::regclass AND l.mode = 'RowExclusiveLock'
-  AND l.virtualtransaction = ANY (%(writers)s::text[])
 
 -- name: next_run_at
 -- Seconds until the next runnable parked event (the oldest of its row) is due: negative when due now, NULL
