@@ -97,11 +97,12 @@ def test_a_worker_killed_in_its_sleep_stops_costing_writers_at_its_deadline(dsn,
     assert not writer_notified(dsn, db, lambda: db.execute("INSERT INTO t VALUES (2)"))
 
 
-@pytest.mark.anyio
-async def test_a_sleeping_worker_is_woken_by_the_first_write(dsn, db):
-    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+async def first_change_written_while_asleep(dsn, db, write):
+    """The first change a stream of consumer ``c`` on ``t`` receives, ``write`` having run once it slept.
+
+    Its poll interval lies far beyond the wait: only a wake-up can deliver in time.
+    """
     got = []
-    # a poll interval far beyond the wait below: only the wake-up can deliver in time
     async with pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="c", poll_interval=120) as changes:
 
         async def receive():
@@ -110,9 +111,16 @@ async def test_a_sleeping_worker_is_woken_by_the_first_write(dsn, db):
         async with anyio.create_task_group() as tg:
             tg.start_soon(receive)
             await wait_until(lambda: sleeping_workers(db, "c") > 0, "the idle stream to go to sleep")
-            db.execute("INSERT INTO t VALUES (1)")
+            write()
         await changes.ack(got[0])
-    assert got[0].new == {"id": 1}
+    return got[0]
+
+
+@pytest.mark.anyio
+async def test_a_sleeping_worker_is_woken_by_the_first_write(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    change = await first_change_written_while_asleep(dsn, db, lambda: db.execute("INSERT INTO t VALUES (1)"))
+    assert change.new == {"id": 1}
     assert sleeping_workers(db, "c") == 0
 
 
@@ -126,15 +134,5 @@ async def test_a_write_begun_before_the_worker_slept_is_not_left_for_the_poll(ds
     with psycopg.connect(dsn) as writer:
         writer.execute("INSERT INTO t VALUES (1)")  # its trigger finds nobody asleep: no NOTIFY at commit
         assert sleep_until_value(db) == 0
-        got = []
-        async with pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="c", poll_interval=120) as changes:
-
-            async def receive():
-                got.extend(await take(changes, 1, timeout=10))
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(receive)
-                await wait_until(lambda: sleeping_workers(db, "c") > 0, "the idle stream to go to sleep")
-                writer.commit()
-            await changes.ack(got[0])
-    assert got[0].new == {"id": 1}
+        change = await first_change_written_while_asleep(dsn, db, writer.commit)
+    assert change.new == {"id": 1}
