@@ -36,6 +36,24 @@ def bench_database() -> Iterator[tuple[LocalCluster, str]]:
         yield cluster, cluster.dsn("bench")
 
 
+def trigger_outbox_sql(table: str, *, keyed: bool) -> str:
+    """SQL for a reference outbox the write benchmarks set beside pgchanges' capture.
+
+    A table ``table`` (bigserial key, one text column) whose plpgsql row trigger inserts ``to_json(NEW)`` into
+    ``{table}_outbox``. ``keyed``: the outbox has a bigserial key (the simplest outbox that orders its events,
+    the one DESIGN §5 measured); otherwise one json column and no key, index or sequence (the least an outbox
+    row can cost).
+    """
+    columns = "id bigserial PRIMARY KEY, payload json" if keyed else "payload json"
+    return f"""
+CREATE TABLE {table} (id bigserial PRIMARY KEY, v text);
+CREATE TABLE {table}_outbox ({columns});
+CREATE FUNCTION {table}_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO {table}_outbox (payload) VALUES (to_json(NEW)); RETURN NULL; END $$;
+CREATE TRIGGER {table}_capture AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {table}_trigger();
+"""
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

@@ -24,11 +24,20 @@ import anyio
 import psycopg
 
 import pgchanges
-from bench.common import bench_database, latency_summary, machine, pgbench_tps, timed_noop_app, write_results
+from bench.common import (
+    bench_database,
+    latency_summary,
+    machine,
+    pgbench_tps,
+    timed_noop_app,
+    trigger_outbox_sql,
+    write_results,
+)
 from pgchanges.capture import install as capture
 from pgchanges.names import TableName
 
-RAW_SETUP = """
+RAW_SETUP = (
+    """
 CREATE TABLE raw_outbox (id bigserial PRIMARY KEY, table_name text, op text, new_row json,
                          created_at timestamptz DEFAULT now());
 CREATE FUNCTION raw_outbox_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -41,23 +50,10 @@ CREATE TRIGGER raw_capture AFTER INSERT ON raw_source FOR EACH ROW EXECUTE FUNCT
 CREATE TABLE bench_events (id bigint PRIMARY KEY, at double precision, v text, n numeric);
 CREATE TABLE bench_plain (id bigserial PRIMARY KEY, v text);
 CREATE TABLE bench_outbox (id bigserial PRIMARY KEY, v text);
-CREATE TABLE bench_minimal (id bigserial PRIMARY KEY, v text);
-CREATE TABLE minimal_outbox (id bigserial PRIMARY KEY, payload json);
-CREATE FUNCTION minimal_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO minimal_outbox (payload) VALUES (to_json(NEW));
-    RETURN NULL;
-END $$;
-CREATE TRIGGER minimal_capture AFTER INSERT ON bench_minimal FOR EACH ROW EXECUTE FUNCTION minimal_trigger();
-CREATE TABLE bench_keyless (id bigserial PRIMARY KEY, v text);
-CREATE TABLE keyless_outbox (payload json);
-CREATE FUNCTION keyless_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO keyless_outbox (payload) VALUES (to_json(NEW));
-    RETURN NULL;
-END $$;
-CREATE TRIGGER keyless_capture AFTER INSERT ON bench_keyless FOR EACH ROW EXECUTE FUNCTION keyless_trigger();
 """
+    + trigger_outbox_sql("bench_minimal", keyed=True)
+    + trigger_outbox_sql("bench_keyless", keyed=False)
+)
 RAW_CLAIM = """
 DELETE FROM raw_outbox WHERE id IN (SELECT id FROM raw_outbox ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED)
 RETURNING id, table_name, op, new_row

@@ -34,29 +34,23 @@ import time
 
 import psycopg
 
-from bench.common import bench_database, pgbench_tps, write_results
+from bench.common import bench_database, pgbench_tps, trigger_outbox_sql, write_results
 from pgchanges.capture import install as capture
 from pgchanges.names import TableName
 
-SETUP = """
+SETUP = (
+    """
 CREATE TABLE plain (id bigserial PRIMARY KEY, v text);
 CREATE TABLE empty (id bigserial PRIMARY KEY, v text);
 CREATE FUNCTION empty_trigger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
 CREATE TRIGGER t AFTER INSERT ON empty FOR EACH ROW EXECUTE FUNCTION empty_trigger();
-CREATE TABLE keyless (id bigserial PRIMARY KEY, v text);
-CREATE TABLE keyless_outbox (payload json);
-CREATE FUNCTION keyless_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN INSERT INTO keyless_outbox (payload) VALUES (to_json(NEW)); RETURN NULL; END $$;
-CREATE TRIGGER t AFTER INSERT ON keyless FOR EACH ROW EXECUTE FUNCTION keyless_trigger();
-CREATE TABLE simplest (id bigserial PRIMARY KEY, v text);
-CREATE TABLE simplest_outbox (id bigserial PRIMARY KEY, payload json);
-CREATE FUNCTION simplest_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN INSERT INTO simplest_outbox (payload) VALUES (to_json(NEW)); RETURN NULL; END $$;
-CREATE TRIGGER t AFTER INSERT ON simplest FOR EACH ROW EXECUTE FUNCTION simplest_trigger();
 CREATE TABLE events (id bigserial PRIMARY KEY, v text);
 CREATE TABLE version8 (id bigserial PRIMARY KEY, v text);
 CREATE TABLE pgchanges (id bigserial PRIMARY KEY, v text);
 """
+    + trigger_outbox_sql("keyless", keyed=False)
+    + trigger_outbox_sql("simplest", keyed=True)
+)
 AFTER_INSTALL = """
 CREATE FUNCTION events_trigger() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN
