@@ -7,15 +7,17 @@ deliver, and the error hierarchy. Everything else is internal.
 from pgchanges.app import App
 from pgchanges.change import Change, Op
 from pgchanges.db.listener import Notification
-from pgchanges.dispatch import HandlerFailed
 from pgchanges.errors import (
     CaptureError,
     ConfigError,
     ConnectError,
+    ConnectionLost,
     DecodeError,
+    HandlerFailed,
     NotInstalled,
     PermissionDenied,
     PgChangesError,
+    ReplicationLost,
     TableNotFound,
 )
 from pgchanges.pgoutput import UNCHANGED_TOAST
@@ -29,6 +31,7 @@ __all__ = [
     "ChangeStream",
     "ConfigError",
     "ConnectError",
+    "ConnectionLost",
     "DecodeError",
     "HandlerFailed",
     "NotInstalled",
@@ -36,6 +39,7 @@ __all__ = [
     "Op",
     "PermissionDenied",
     "PgChangesError",
+    "ReplicationLost",
     "RetryPolicy",
     "TableNotFound",
     "UNCHANGED_TOAST",

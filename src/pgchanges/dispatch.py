@@ -17,17 +17,13 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from pgchanges.change import Change
-from pgchanges.errors import PgChangesError
+from pgchanges.errors import HandlerFailed
 from pgchanges.routing import Route, Router
 
 log = logging.getLogger("pgchanges.app")
 
 ErrorPolicy = Literal["log", "stop"] | Callable[[Change, BaseException], Any]
 LANE_DEPTH = 64
-
-
-class HandlerFailed(PgChangesError):
-    """A handler raised and the error policy is ``"stop"``."""
 
 
 @dataclass

@@ -37,3 +37,15 @@ class NotInstalled(CaptureError):
 
 class DecodeError(PgChangesError):
     """Bytes from the server could not be decoded into a change."""
+
+
+class HandlerFailed(PgChangesError):
+    """A handler raised and the error policy is ``"stop"``."""
+
+
+class ConnectionLost(ConnectError):
+    """An open connection broke (backend terminated, server restarted, network gone); sources reconnect."""
+
+
+class ReplicationLost(ConnectionLost):
+    """The replication connection broke."""

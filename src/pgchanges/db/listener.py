@@ -19,6 +19,7 @@ from psycopg import sql
 
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.db.waiting import receive_input
+from pgchanges.errors import ConnectionLost
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +29,6 @@ class Notification:
     channel: str
     payload: str
     pid: int
-
-
-class ConnectionLost(Exception):
-    """The LISTEN connection broke (backend terminated, server restarted, network gone)."""
 
 
 class Listener:

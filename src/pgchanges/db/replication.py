@@ -20,17 +20,13 @@ from psycopg import pq, sql
 
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.db.waiting import receive_input
-from pgchanges.errors import CaptureError, ConfigError
+from pgchanges.errors import CaptureError, ConfigError, ReplicationLost
 from pgchanges.pgoutput import PG_EPOCH, lsn_to_str
 
 SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 _XLOG_HEADER = struct.Struct("!QQq")
 _KEEPALIVE = struct.Struct("!QqB")
 _STATUS = struct.Struct("!cQQQqB")
-
-
-class ReplicationLost(Exception):
-    """The replication connection broke."""
 
 
 @dataclass(frozen=True, slots=True)

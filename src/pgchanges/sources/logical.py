@@ -31,8 +31,8 @@ from pgchanges.capture import install as capture
 from pgchanges.capture import migrations
 from pgchanges.change import EMPTY, Change, Op, freeze
 from pgchanges.db.connect import close_async, connect_async
-from pgchanges.db.replication import Keepalive, ReplicationLost, ReplicationStream, check_slot_name
-from pgchanges.errors import CaptureError, ConnectError, NotInstalled, PermissionDenied
+from pgchanges.db.replication import Keepalive, ReplicationStream, check_slot_name
+from pgchanges.errors import CaptureError, ConnectError, NotInstalled, PermissionDenied, ReplicationLost
 from pgchanges.handling import Handling
 from pgchanges.names import TableName
 from pgchanges.pgoutput import (

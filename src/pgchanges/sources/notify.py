@@ -21,8 +21,8 @@ from pgchanges.capture import install as capture
 from pgchanges.capture.ddl import DDL_CHANNEL
 from pgchanges.change import Change
 from pgchanges.db.connect import close_async, connect_async
-from pgchanges.db.listener import ConnectionLost, Listener, Notification
-from pgchanges.errors import ConnectError, NotInstalled
+from pgchanges.db.listener import Listener, Notification
+from pgchanges.errors import ConnectError, ConnectionLost, NotInstalled
 from pgchanges.names import TableName
 from pgchanges.rowtypes import RowType, fetch_row_types
 from pgchanges.sources.base import Backoff, Event, gap_marker

@@ -45,8 +45,8 @@ from pgchanges.capture import install as capture
 from pgchanges.capture.queries import query
 from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.db.connect import close_async, connect_async
-from pgchanges.db.listener import ConnectionLost, Listener
-from pgchanges.errors import ConfigError, ConnectError
+from pgchanges.db.listener import Listener
+from pgchanges.errors import ConfigError, ConnectError, ConnectionLost
 from pgchanges.handling import NOT_RUN, SKIPPED, Handling, PlainRun, held_back
 from pgchanges.names import TableName
 from pgchanges.rowtypes import RowType, fetch_row_types
