@@ -11,13 +11,11 @@ await app.serve()         # inside a trio or asyncio program
 
 from __future__ import annotations
 
-import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
-from functools import partial
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Final, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio
@@ -28,20 +26,32 @@ from pgchanges.capture.follow import follow_schema
 from pgchanges.capture.install import SOURCES as CAPTURES
 from pgchanges.change import Change
 from pgchanges.db.listener import Notification
-from pgchanges.dispatch import Dispatcher, ErrorPolicy
 from pgchanges.errors import ConfigError
-from pgchanges.handling import Handling
 from pgchanges.names import TableName, parse_table
 from pgchanges.periodic import MissedPolicy, PeriodicTask, Schedule, Scheduler, parse_interval
-from pgchanges.routing import Predicate, Router
-from pgchanges.sources.base import DurableSource, Source
+from pgchanges.routing import Predicate, Router, check_handler_arguments
+from pgchanges.runtime import ErrorPolicy, Runtime
+from pgchanges.serving import Callbacks, Server
+from pgchanges.sources import base as features
+from pgchanges.sources.base import Source
 from pgchanges.sources.factory import make_source
+from pgchanges.sources.options import options_for
 
 log = logging.getLogger("pgchanges.app")
 
 F = TypeVar("F", bound=Callable[..., Any])
 NotificationHandler = Callable[[Notification], Awaitable[None] | None]
 GapHandler = Callable[[Change], Awaitable[None] | None]
+
+
+class _SourceDefault:
+    def __repr__(self) -> str:
+        return "the source's default"
+
+
+#: ``handler_timeout`` not given: 60 s on a source that retries (outbox), no limit elsewhere.
+SOURCE_DEFAULT: Final = _SourceDefault()
+RETRYING_SOURCE_TIMEOUT = 60.0
 
 
 class App:
@@ -64,26 +74,27 @@ class App:
         shutdown_timeout: float = 10.0,
         application_name: str = ci.DEFAULT_APPLICATION_NAME,
         follow_interval: float = 10.0,
+        handler_timeout: float | _SourceDefault | None = SOURCE_DEFAULT,
         **source_options: Any,
     ) -> None:
         self.conninfo = ci.resolve(dsn, engine=engine, application_name=application_name)
         self.source_kind = source
+        self.options = options_for(source, source_options)  # a misspelt option fails here, not at serve()
+        if not (on_error in ("log", "stop") or callable(on_error)):
+            raise ConfigError(f"on_error must be 'log', 'stop' or a callable, not {on_error!r}")
         self.router = Router()
         self._on_error = on_error
+        self._handler_timeout = handler_timeout
         self._auto_install = auto_install
         self._shutdown_timeout = shutdown_timeout
         self._follow_interval = follow_interval
-        self._source_options = source_options
-        self._channel_handlers: dict[str, list[NotificationHandler]] = {}
-        self._gap_handlers: list[GapHandler] = []
-        self._transaction_handlers: list[tuple[frozenset[TableName] | None, Callable[..., Any]]] = []
+        self._callbacks = Callbacks()
         self._periodic: list[PeriodicTask] = []
-        self._ddl_handlers: list[Callable[..., Any]] = []
         self._stop: anyio.Event | None = None  # created inside the running event loop
         self._stop_requested = False
         self.source: Source | None = None
         self.scheduler: Scheduler | None = None
-        self.dispatcher: Dispatcher | None = None
+        self.server: Server | None = None
 
     def __repr__(self) -> str:
         return f"App(source={self.source_kind!r}, {ci.redact(self.conninfo)}, tables={self.tables})"
@@ -91,15 +102,23 @@ class App:
     # -- subscriptions -----------------------------------------------------------------------------------
 
     def on(
-        self, table: str | TableName, ops: Iterable[str] | str | None = None, where: Predicate | None = None
+        self,
+        table: str | TableName,
+        ops: Iterable[str] | str | None = None,
+        where: Predicate | None = None,
+        *,
+        transaction: bool = False,
     ) -> Callable[[F], F]:
         """Subscribe the decorated handler to changes of ``table`` (``ops`` default: all row ops and truncate).
 
-        ``where`` is an optional predicate on the change; the handler sees only changes for which it is true.
+        ``where`` is an optional predicate on the change; the handler sees only changes for which it is true
+        (a ``where`` that raises counts as a failure of the handler). With ``transaction=True`` the handler is
+        called as ``handler(change, tx)`` with the outbox transaction that acknowledges the change, so its
+        writes commit exactly once together with the acknowledgement.
         """
 
         def decorate(handler: F) -> F:
-            self.router.add(table, ops, handler, where)
+            self.router.add(table, ops, handler, where, transaction=transaction)
             return handler
 
         return decorate
@@ -108,7 +127,8 @@ class App:
         """Subscribe the decorated handler to plain NOTIFY messages on ``channel`` (any name, quoted for us)."""
 
         def decorate(handler: F) -> F:
-            self._channel_handlers.setdefault(channel, []).append(handler)
+            check_handler_arguments(handler, _name(handler), 1)
+            self._callbacks.channels.setdefault(channel, []).append(handler)
             return handler
 
         return decorate
@@ -126,7 +146,8 @@ class App:
         )
 
         def decorate(handler: F) -> F:
-            self._transaction_handlers.append((chosen, handler))
+            check_handler_arguments(handler, _name(handler), 1)
+            self._callbacks.transactions.append((chosen, handler))
             return handler
 
         return decorate
@@ -170,18 +191,20 @@ class App:
 
         Installs the event triggers when missing, which needs a superuser (or run `pgchanges install --ddl`).
         """
-        self._ddl_handlers.append(handler)
+        check_handler_arguments(handler, _name(handler), 1)
+        self._callbacks.ddl.append(handler)
         return handler
 
     def on_gap(self, handler: F) -> F:
         """Call ``handler(change)`` with an ``op="gap"`` change when changes may have been missed."""
-        self._gap_handlers.append(handler)
+        check_handler_arguments(handler, _name(handler), 1)
+        self._callbacks.gaps.append(handler)
         return handler
 
     @property
     def tables(self) -> list[TableName]:
         """Every table a handler subscribed to (per-change routes and transaction handlers)."""
-        named = [t for chosen, _ in self._transaction_handlers if chosen for t in sorted(chosen)]
+        named = [t for chosen, _ in self._callbacks.transactions if chosen for t in sorted(chosen)]
         return list(dict.fromkeys([*self.router.tables, *named]))
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -197,6 +220,10 @@ class App:
         self._stop = anyio.Event()
         if self._stop_requested:
             self._stop.set()
+        serves_changes = bool(self.tables or self._callbacks.channels or self._callbacks.ddl)
+        if not serves_changes and not self._periodic:
+            raise ConfigError("nothing to serve: add a handler (@app.on, @app.on_notify) or a periodic task")
+        self.server = self._server() if serves_changes else None  # a ConfigError here, before any task starts
         async with anyio.create_task_group() as outer:
             if self._periodic:
                 self.scheduler = Scheduler(self.conninfo, self._periodic)
@@ -204,113 +231,58 @@ class App:
             if self.tables and self._auto_install and self._follow_interval > 0 and self.source_kind in CAPTURES:
                 outer.start_soon(follow_schema, self.conninfo, self._follow_interval)
             try:
-                if self.tables or self._channel_handlers or self._ddl_handlers:
-                    await self._serve_changes(task_status)
-                elif self._periodic:
+                if self.server is not None:
+                    outer.start_soon(self._stop_server_when_asked)
+                    await self.server.serve(task_status)
+                else:
                     log.info("running %d periodic task(s)", len(self._periodic))
                     task_status.started()
                     await self._stop.wait()
-                else:
-                    raise ConfigError("nothing to serve: add a handler (@app.on, @app.on_notify) or a periodic task")
             finally:
                 outer.cancel_scope.cancel()
 
-    async def _serve_changes(self, task_status: TaskStatus[None]) -> None:
-        assert self._stop is not None
-        if self._ddl_handlers and self.source_kind != "notify":
-            raise ConfigError("on_ddl handlers need source='notify' (DDL events are NOTIFYed)")
+    def _server(self) -> Server:
+        """The source and runtime for this App's handlers, checked against what the source can do."""
         source = make_source(
-            self.source_kind,
             self.conninfo,
             self.tables,
-            list(self._channel_handlers),
+            self.options,
+            channels=list(self._callbacks.channels),
             auto_install=self._auto_install,
-            **({"ddl": True} if self._ddl_handlers else {}),
-            **self._source_options,
+            ddl=bool(self._callbacks.ddl),
+            whole_transactions=bool(self._callbacks.transactions),
         )
+        self._check_features(source.features)
         self.source = source
-        await source.open()
-        log.info(
-            "listening for changes (%s) on %s",
-            self.source_kind,
-            ", ".join(str(t) for t in self.tables) or "no tables",
-        )
-        try:
-            if isinstance(source, DurableSource):
-                await self._serve_durable(source, task_status)
-                return
-            async with Dispatcher(self.router, self._on_error) as dispatcher:
-                self.dispatcher = dispatcher
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._consume, source, dispatcher, tg.cancel_scope)
-                    task_status.started()
-                    await self._stop.wait()
-                    tg.cancel_scope.cancel()
-                log.info("stopping: finishing queued changes")
-        finally:
-            with anyio.CancelScope(shield=True):
-                await source.close()
+        timeout = self._handler_timeout
+        if isinstance(timeout, _SourceDefault):
+            timeout = RETRYING_SOURCE_TIMEOUT if features.RETRIES in source.features else None
+        runtime = Runtime(self.router, self._on_error, timeout)
+        return Server(source, runtime, self._callbacks, tables=self._describe_tables())
 
-    async def _serve_durable(self, source: DurableSource, task_status: TaskStatus[None]) -> None:
+    def _check_features(self, offered: frozenset[str]) -> None:
+        wanted = {
+            features.DDL: ("on_ddl handlers", "notify", bool(self._callbacks.ddl)),
+            features.WHOLE_TRANSACTIONS: ("on_transaction handlers", "logical", bool(self._callbacks.transactions)),
+            features.TRANSACTION: (
+                "handlers declared with transaction=True",
+                "outbox",
+                any(r.transaction for r in self.router.routes),
+            ),
+            features.CHANNELS: ("on_notify handlers", "notify", bool(self._callbacks.channels)),
+        }
+        for feature, (what, where, used) in wanted.items():
+            if used and feature not in offered:
+                raise ConfigError(f"{what} need source={where!r} (this App uses source={self.source_kind!r})")
+
+    async def _stop_server_when_asked(self) -> None:
         assert self._stop is not None
-        async with anyio.create_task_group() as tg:
-            if self._transaction_handlers and self.source_kind != "logical":
-                raise ConfigError("on_transaction handlers need source='logical'")
-            if self.source_kind == "logical":
-                serve: Any = cast(Any, source).serve
-                on_transaction = self._handle_transaction if self._transaction_handlers else None
-                tg.start_soon(partial(serve, Handling(self.router, self._on_error), on_transaction=on_transaction))
-            elif self.source_kind == "outbox":  # retries failed changes itself
-                await cast(Any, source).prepare_serving()
-                tg.start_soon(source.serve, Handling(self.router))
-            else:
-                tg.start_soon(source.serve, Handling(self.router, self._on_error))
-            task_status.started()
-            await self._stop.wait()
-            log.info("stopping: finishing the batch in hand")
-            source.stop()
+        await self._stop.wait()
+        if self.server is not None:
+            self.server.stop()
 
-    async def _handle_transaction(self, changes: list[Change]) -> None:
-        for tables, handler in self._transaction_handlers:
-            picked = [c for c in changes if tables is None or any(t.matches(c.schema, c.table) for t in tables)]
-            if picked:
-                await _call_safely(handler, picked, f"transaction {picked[0].xid}")
-
-    async def _consume(self, source: Source, dispatcher: Dispatcher, scope: anyio.CancelScope) -> None:
-        async for batch in source.batches():
-            changes: list[Change] = []
-            for event in batch:
-                if isinstance(event, Notification):
-                    await self._flush(dispatcher, changes)
-                    changes = []
-                    await self._handle_notification(event)
-                elif event.op == "gap":
-                    await self._flush(dispatcher, changes)
-                    changes = []
-                    await self._handle_gap(event)
-                elif event.op == "ddl":
-                    await self._flush(dispatcher, changes)
-                    changes = []
-                    for handler in self._ddl_handlers:
-                        await _call_safely(handler, event, event.id)
-                else:
-                    changes.append(event)
-            await self._flush(dispatcher, changes)
-            await source.ack(changes)
-
-    @staticmethod
-    async def _flush(dispatcher: Dispatcher, changes: list[Change]) -> None:
-        if changes:
-            await dispatcher.dispatch(changes)
-
-    async def _handle_notification(self, note: Notification) -> None:
-        for handler in self._channel_handlers.get(note.channel, ()):
-            await _call_safely(handler, note, f"notification on {note.channel!r}")
-
-    async def _handle_gap(self, change: Change) -> None:
-        log.warning("possible gap in changes: %s", (change.extra or {}).get("reason"))
-        for handler in self._gap_handlers:
-            await _call_safely(handler, change, change.id)
+    def _describe_tables(self) -> str:
+        return ", ".join(str(t) for t in self.tables) or "no tables"
 
     def run(self, backend: Literal["asyncio", "trio"] = "asyncio") -> None:
         """Serve until SIGINT or SIGTERM; queued changes get ``shutdown_timeout`` seconds (or a second signal)."""
@@ -335,10 +307,5 @@ class App:
         scope.cancel()
 
 
-async def _call_safely(handler: Callable[[Any], Any], arg: Any, what: str) -> None:
-    try:
-        result = handler(arg)
-        if inspect.isawaitable(result):
-            await result
-    except Exception:
-        log.exception("handler %s failed for %s", getattr(handler, "__qualname__", handler), what)
+def _name(handler: Callable[..., Any]) -> str:
+    return getattr(handler, "__qualname__", repr(handler))

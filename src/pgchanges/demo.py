@@ -4,6 +4,9 @@ With no ``--dsn`` (and no ``DATABASE_URL``) it starts an embedded PostgreSQL in 
 creates a demo table, installs notify capture, writes orders (inserts, status updates, deletes, one row too big
 for NOTIFY), prints every change as it arrives, and ends with a summary: changes written and received, and
 commit→handler latency.
+
+Its SQL (the demo table, the orders it writes) stays here rather than among pgchanges' named queries: it is
+the demo's content, what an application using pgchanges would run against its own table, not pgchanges' I/O.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import anyio
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from pgchanges import conninfo as ci
@@ -73,7 +77,7 @@ class _Writer:
     """Writes a plausible mix of order changes, one transaction each, stamping when it committed."""
 
     def __init__(self, conninfo: str) -> None:
-        self.conn = psycopg.connect(conninfo, autocommit=True)
+        self.conn = psycopg.connect(conninfo, autocommit=True, row_factory=dict_row)
         self.open_ids: list[int] = []
         self.written = 0
         self.rng = random.Random(7)  # noqa: S311 - demo data
@@ -90,7 +94,7 @@ class _Writer:
                 (self.rng.choice(CUSTOMERS), Decimal(self.rng.randint(100, 99999)) / 100, Jsonb(items), note, now),
             ).fetchone()
             assert row is not None
-            self.open_ids.append(int(row[0]))
+            self.open_ids.append(int(row["id"]))
         elif roll < 0.85:
             self.conn.execute(
                 "UPDATE public.demo_orders SET status = %s, written_at = %s WHERE id = %s",

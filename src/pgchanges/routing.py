@@ -16,29 +16,54 @@ Predicate = Callable[[Change], bool]
 
 @dataclass(frozen=True)
 class Route:
-    """One ``@app.on(...)`` subscription."""
+    """One ``@app.on(...)`` subscription. ``transaction``: the handler takes the outbox transaction as its second
+    argument (declared, never guessed from the signature). ``batch``: the handler is an ``async def`` that takes
+    the list of a batch's changes it subscribed to, at once (sinks: they publish a window of changes and return
+    when all are confirmed), and returns None or one exception-or-None per change."""
 
     table: TableName
     ops: frozenset[str]
     handler: Callable[..., Any]
     where: Predicate | None = None
+    transaction: bool = False
+    batch: bool = False
     is_async: bool = field(init=False)
-    wants_transaction: bool = field(init=False)
     name: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
-        object.__setattr__(self, "wants_transaction", _positional_parameters(self.handler) >= 2)
         object.__setattr__(self, "name", getattr(self.handler, "__qualname__", repr(self.handler)))
+        check_handler_arguments(self.handler, self.name, 2 if self.transaction else 1)
+        if self.batch and (self.transaction or not self.is_async):
+            raise ConfigError(f"batch handler {self.name} must be an async def taking the changes only")
+
+    def accepts(self, change: Change) -> bool:
+        """Whether the change is of this route's table and ops (``where`` aside)."""
+        return change.op in self.ops and self.table.matches(change.schema, change.table)
 
 
-def _positional_parameters(handler: Callable[..., Any]) -> int:
+def check_handler_arguments(handler: Callable[..., Any], name: str, given: int) -> None:
+    """A handler must accept ``given`` positional arguments and require no more; the error says what to declare.
+
+    A handler that requires two (``def h(change, tx)``) without ``transaction=True`` was once taken for a
+    transaction handler by counting its parameters, which made ``def h(change, retries=3)`` one by accident:
+    the second argument is now declared, and the old form is refused with a message saying how.
+    """
     try:
-        parameters = inspect.signature(handler).parameters.values()
-    except (TypeError, ValueError):  # builtins without a signature take the change only
-        return 1
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(1 for p in parameters if p.kind in kinds)
+        parameters = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature: trust the caller
+        return
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = sum(1 for p in parameters if p.kind in positional and p.default is p.empty)
+    accepted = sum(1 for p in parameters if p.kind in positional)
+    variadic = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)
+    if required > given:
+        hint = " (to get the outbox transaction as second argument, declare @app.on(..., transaction=True))"
+        raise ConfigError(
+            f"handler {name} requires {required} positional arguments but gets {given}{hint if given == 1 else ''}"
+        )
+    if accepted < given and not variadic:
+        raise ConfigError(f"handler {name} must accept {given} positional arguments (the change and the transaction)")
 
 
 def normalise_ops(ops: Iterable[str] | str | None) -> frozenset[str]:
@@ -56,6 +81,7 @@ class Router:
 
     def __init__(self) -> None:
         self._routes: list[Route] = []
+        self._batch_routes: list[Route] = []
         self._cache: dict[tuple[str | None, str | None, str], tuple[Route, ...]] = {}
 
     def add(
@@ -64,18 +90,31 @@ class Router:
         ops: Iterable[str] | str | None,
         handler: Callable[..., Any],
         where: Predicate | None = None,
+        *,
+        transaction: bool = False,
+        batch: bool = False,
     ) -> Route:
         name = table if isinstance(table, TableName) else parse_table(table)
-        route = Route(name, normalise_ops(ops), handler, where)
-        self._routes.append(route)
+        route = Route(name, normalise_ops(ops), handler, where, transaction, batch)
+        (self._batch_routes if batch else self._routes).append(route)
         self._cache.clear()
         return route
 
     @property
+    def routes(self) -> tuple[Route, ...]:
+        """Every subscription: per-change routes, then batch routes."""
+        return (*self._routes, *self._batch_routes)
+
+    @property
+    def batch_routes(self) -> tuple[Route, ...]:
+        return tuple(self._batch_routes)
+
+    @property
     def tables(self) -> list[TableName]:
-        return list(dict.fromkeys(route.table for route in self._routes))
+        return list(dict.fromkeys(route.table for route in self.routes))
 
     def routes_for(self, change: Change) -> tuple[Route, ...]:
+        """The per-change routes of ``change`` (batch routes are asked for with :meth:`Route.accepts`)."""
         key = (change.schema, change.table, change.op)
         found = self._cache.get(key)
         if found is None:

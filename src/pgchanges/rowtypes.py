@@ -6,7 +6,8 @@ oid), we convert: numeric → Decimal (the payload is parsed with ``parse_float=
 float → float, timestamps → datetime, uuid → UUID, and anything written as text output through psycopg's own
 text loader for that type (bytea, interval, inet, ranges, …). Domains use their base type, arrays convert
 element-wise, unknown types stay as the string PostgreSQL wrote. A value that fails to convert stays as
-written, never an exception in the listener.
+written, never an exception in the listener. The catalog queries are named queries in
+``capture/sql/queries/rowtypes.sql``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import psycopg
 from psycopg import adapters, pq
+
+from pgchanges.capture.queries import fetch_all
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +84,6 @@ class TypeInfo:
     is_array: bool
 
 
-TYPE_INFO_SQL = """
-SELECT t.oid, t.typtype, t.typelem, t.typbasetype, (t.typcategory = 'A') AS is_array
-FROM pg_catalog.pg_type t WHERE t.oid = ANY(%s)
-"""
-
-
 class JsonConverters:
     """Builds a converter for JSON values of a type, given the types' catalog rows."""
 
@@ -141,23 +138,15 @@ class RowType:
         return row
 
 
-COLUMNS_SQL = """
-SELECT a.attrelid, a.attname, a.atttypid
-FROM pg_catalog.pg_attribute a
-WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
-ORDER BY a.attrelid, a.attnum
-"""
-
-
 def fetch_row_types(conn: psycopg.Connection[Any], relids: Iterable[int]) -> dict[int, RowType]:
     """Read the column types of the tables ``relids`` (one round trip each for columns and types)."""
     wanted = sorted(set(relids))
-    columns = conn.execute(COLUMNS_SQL, (wanted,)).fetchall()
-    types = _fetch_types(conn, {int(row[2]) for row in columns})
+    columns = fetch_all(conn, "table_column_types", {"table_oids": wanted})
+    types = _fetch_types(conn, {int(c.type_oid) for c in columns})
     builder = JsonConverters(types)
     grouped: dict[int, list[tuple[str, int]]] = {relid: [] for relid in wanted}
-    for relid, name, typoid in columns:
-        grouped[int(relid)].append((name, int(typoid)))
+    for c in columns:
+        grouped[int(c.table_oid)].append((c.column_name, int(c.type_oid)))
     result: dict[int, RowType] = {}
     for relid, cols in grouped.items():
         converters = [(name, conv) for name, oid in cols if (conv := builder.for_oid(oid)) is not None]
@@ -207,10 +196,10 @@ def _fetch_types(conn: psycopg.Connection[Any], oids: set[int]) -> dict[int, Typ
     found: dict[int, TypeInfo] = {}
     pending = set(oids)
     while pending:  # follow domains and array elements to their bases
-        rows = conn.execute(TYPE_INFO_SQL, (sorted(pending),)).fetchall()
+        rows = fetch_all(conn, "type_info", {"type_oids": sorted(pending)})
         pending = set()
-        for oid, typtype, elem, base, is_array in rows:
-            info = TypeInfo(int(oid), str(typtype), int(elem), int(base), bool(is_array))
+        for r in rows:
+            info = TypeInfo(int(r.type_oid), str(r.typtype), int(r.typelem), int(r.typbasetype), bool(r.is_array))
             found[info.oid] = info
             for ref in (info.elem, info.base):
                 if ref and ref not in found:

@@ -21,6 +21,7 @@ from pgchanges.names import TableName, parse_table
 from pgchanges.routing import normalise_ops
 from pgchanges.sources.base import Source
 from pgchanges.sources.factory import make_source
+from pgchanges.sources.options import options_for
 
 
 class ChangeStream:
@@ -55,7 +56,8 @@ async def stream(
     """Open a stream of changes of ``tables`` from ``source`` (``ddl=True``, notify source: DDL changes too)."""
     conninfo = ci.resolve(dsn, engine=engine)
     names: Sequence[TableName] = [t if isinstance(t, TableName) else parse_table(t) for t in tables]
-    opened = make_source(source, conninfo, names, auto_install=auto_install, **options)
+    ddl = bool(options.pop("ddl", False))
+    opened = make_source(conninfo, names, options_for(source, options), auto_install=auto_install, ddl=ddl)
     await opened.open()
     try:
         yield ChangeStream(opened, OPS if ops is None else normalise_ops(ops))

@@ -96,7 +96,7 @@ async def test_a_raising_handler_is_logged_with_the_change_id_and_the_app_goes_o
         await serve_while(app, body)
     [record] = [r for r in caplog.records if "boom" in r.getMessage()]
     assert "notify:" in record.getMessage() and "flaky" in record.getMessage()
-    assert app.dispatcher.failed == 1
+    assert app.server.runtime.failures == 1
 
 
 async def test_stop_policy_ends_serve_with_handler_failed(dsn, db):

@@ -201,7 +201,7 @@ async def test_transaction_handlers_run_when_a_commit_arrives_on_its_own(dsn, db
         db.execute("INSERT INTO a VALUES (2)")
         await wait_until(lambda: len(seen) == 1, lambda: f"the first transaction's handler to run: {seen=}")
         # the position to confirm to the slot has not passed the transaction's commit while its handler runs
-        assert app.source._flushed <= commits[0]
+        assert app.source.tracker.flushed <= commits[0]
         release.set()
         await wait_until(lambda: len(seen) == 2, lambda: f"the second transaction's handler to run: {seen=}")
         app.stop()

@@ -1,4 +1,8 @@
-"""A database installed by an earlier version keeps its capture and its consumers' place after migrating."""
+"""A database installed by an earlier version keeps its capture and its consumers' place after migrating.
+
+Such a database goes through the numbered migrations, never the baseline (tests/integration/test_baseline.py
+shows both paths end at the same schema).
+"""
 
 import pytest
 
@@ -7,24 +11,13 @@ from pgchanges.capture import migrations
 from pgchanges.capture.queries import query
 from pgchanges.names import TableName
 from tests.conftest import take
-
-
-def apply_up_to(db, version):
-    """The schema as a release with migrations 1..version installed it."""
-    with db.transaction():
-        for migration in migrations.available():
-            if migration.version <= version:
-                db.execute(migration.sql.encode())
-                db.execute(
-                    "INSERT INTO pgchanges.migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
-                )
+from tests.schema_catalog import apply_one_by_one
 
 
 @pytest.mark.anyio
 async def test_version_5_outbox_and_notify_capture_carry_over(dsn, db):
     db.execute("CREATE TABLE orders (id int PRIMARY KEY); CREATE TABLE notes (id int PRIMARY KEY)")
-    apply_up_to(db, 5)
+    apply_one_by_one(db, 5)  # the schema as a release with migrations 1..5 installed it
     orders = TableName("public", "orders").identifier.as_string(db)
     # what version 5's install did for an outbox table and a notify table
     db.execute(

@@ -187,14 +187,14 @@ async def test_transaction_handler_writes_commit_with_the_ack_exactly_once(dsn, 
     app = pgchanges.App(dsn, source="outbox", consumer="c", retry=FAST_RETRY)
     calls = []
 
-    @app.on("t")
+    @app.on("t", transaction=True)
     async def book(change, tx):
         await tx.execute("INSERT INTO ledger VALUES (%s, 'booked')", (change.position,))
         calls.append(change.extra["attempt"])
         if change.extra["attempt"] == 1:
             raise RuntimeError("crash after writing")
 
-    @app.on("t")
+    @app.on("t", transaction=True)
     def book_sync(change, tx):  # sync handlers get the connection of the same transaction
         tx.connection.execute("INSERT INTO ledger VALUES (%s, 'sync')", (change.position,))
 

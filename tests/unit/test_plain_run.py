@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from pgchanges.handling import NOT_RUN, SKIPPED, PlainRun
+from pgchanges.plain_run import NOT_RUN, SKIPPED, PlainRun
 
 pytestmark = pytest.mark.anyio
 

@@ -1,4 +1,8 @@
-"""DDL capture: event triggers that report CREATE/ALTER/DROP as ``op="ddl"`` changes (channel pgchanges:ddl)."""
+"""DDL capture: event triggers that report CREATE/ALTER/DROP as ``op="ddl"`` changes (channel pgchanges:ddl).
+
+The event triggers call functions of migration 0005; the statements that create, drop and find them are named
+queries in ``capture/sql/queries/ddl.sql``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import psycopg
 from psycopg import sql
 
 from pgchanges.capture import migrations
+from pgchanges.capture.queries import fetch_one, query
 from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.errors import PermissionDenied
 
@@ -21,25 +26,23 @@ EVENT_TRIGGERS = {
 
 def install_ddl(conn: psycopg.Connection[Any]) -> bool:
     """Create the event triggers (idempotent); returns whether they were newly created."""
-    role = conn.execute(
-        "SELECT current_user, rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
-    ).fetchone()
-    if not role or not role[1]:
-        name = role[0] if role else "this role"
+    role = fetch_one(conn, "current_role_superuser")
+    if not role or not role.superuser:
+        name = role.role_name if role else "this role"
         raise PermissionDenied(
             f"event triggers need a superuser: run `pgchanges install --ddl` as one (e.g. postgres), "
             f"or ALTER ROLE {name} SUPERUSER"
         )
     migrations.migrate(conn)
     created = False
+    create = sql.SQL(query("create_event_trigger"))
     with conn.transaction():
         for name, (event, function) in EVENT_TRIGGERS.items():
-            exists = conn.execute("SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = %s", (name,)).fetchone()
-            if exists:
+            if fetch_one(conn, "event_trigger_exists", {"name": name}).present:
                 continue
             conn.execute(
-                sql.SQL("CREATE EVENT TRIGGER {} ON {} EXECUTE FUNCTION {}()").format(
-                    sql.Identifier(name), sql.SQL(event), sql.Identifier("pgchanges", function)
+                create.format(
+                    name=sql.Identifier(name), event=sql.SQL(event), function=sql.Identifier("pgchanges", function)
                 )
             )
             created = True
@@ -47,15 +50,14 @@ def install_ddl(conn: psycopg.Connection[Any]) -> bool:
 
 
 def drop_ddl(conn: psycopg.Connection[Any]) -> None:
+    drop = sql.SQL(query("drop_event_trigger"))
     for name in EVENT_TRIGGERS:
-        conn.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(name)))
+        conn.execute(drop.format(name=sql.Identifier(name)))
 
 
 def ddl_installed(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM pg_catalog.pg_event_trigger WHERE evtname = ANY(%s)", (list(EVENT_TRIGGERS),)
-    ).fetchone()
-    return bool(row and row[0] == len(EVENT_TRIGGERS))
+    row = fetch_one(conn, "event_triggers_present", {"names": list(EVENT_TRIGGERS)})
+    return bool(row.present == len(EVENT_TRIGGERS))
 
 
 def to_change(payload: str, pid: int) -> Change:

@@ -16,6 +16,7 @@ import psycopg
 
 from pgchanges.capture import ddl
 from pgchanges.capture import install as capture
+from pgchanges.capture.queries import fetch_all
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.errors import ConnectError
 
@@ -60,8 +61,5 @@ def _follow_once(conn: psycopg.Connection[Any]) -> list[str]:
         oids = capture.follow_all(conn)
         if not oids:
             return []
-        rows = conn.execute(
-            "SELECT DISTINCT schema_name || '.' || table_name FROM pgchanges.captures WHERE table_oid = ANY(%s)",
-            (oids,),
-        ).fetchall()
-    return sorted(str(r[0]) for r in rows)
+        rows = fetch_all(conn, "captured_table_names", {"table_oids": oids})
+    return sorted(str(r.qualified_name) for r in rows)

@@ -5,7 +5,8 @@ triggers and publication membership match the rules, recorded in ``pgchanges.cap
 trigger runs it for tables that are created or renamed, so capture follows the schema. Everything here is
 idempotent: installing twice changes nothing, uninstalling removes every object pgchanges created (the schema
 included when nothing is captured any more). Identifiers always go through ``psycopg.sql.Identifier`` (or
-``format('%I')`` in SQL); values are always parameters.
+``format('%I')`` in SQL); values are always parameters. The statements are named queries in
+``capture/sql/queries/capture.sql``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from pgchanges.capture import ddl, migrations
+from pgchanges.capture.queries import fetch_all, fetch_one, query, run
 from pgchanges.errors import CaptureError, NotInstalled, PermissionDenied, TableNotFound
 from pgchanges.names import TableName
 
@@ -28,25 +30,41 @@ log = logging.getLogger("pgchanges.capture")
 
 SOURCES = ("notify", "outbox", "logical")
 
-PRIMARY_KEY_SQL = """
-SELECT array_agg(a.attname::text ORDER BY k.ord)
-FROM pg_catalog.pg_index i
-CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-WHERE i.indrelid = %s AND i.indisprimary
-"""
+#: The query ``primary_key_columns`` with the table oid as its one positional parameter, for callers that
+#: run it themselves (``conn.execute(PRIMARY_KEY_SQL, (oid,))``); :func:`primary_key` runs it by name.
+PRIMARY_KEY_SQL = query("primary_key_columns").replace("%(table_oid)s", "%s")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A capture rule: ``source`` captures the table or tables ``pattern`` (a name or a pattern)."""
+
+    source: str
+    pattern: TableName
+    publication: str
+
+
+@dataclass(frozen=True)
+class Capture:
+    """A table captured now by ``source``, under its current name."""
+
+    table: TableName
+    source: str
+    table_oid: int
 
 
 def table_oid(conn: psycopg.Connection[Any], table: TableName) -> int:
     """The oid of ``table``; :class:`TableNotFound` when there is no such table."""
-    row = conn.execute(
-        """SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')""",
-        (table.schema, table.table),
-    ).fetchone()
+    row = fetch_one(conn, "capture_table_oid", {"schema": table.schema, "table": table.table})
     if row is None:
         raise TableNotFound(f"table {table} does not exist (or is not visible to this role)")
-    return int(row[0])
+    return int(row.table_oid)
+
+
+def primary_key(conn: psycopg.Connection[Any], oid: int) -> list[str]:
+    """The primary key columns of the table ``oid``, in key order (empty when it has none)."""
+    row = fetch_one(conn, "primary_key_columns", {"table_oid": oid})
+    return list(row.key_columns) if row is not None and row.key_columns else []
 
 
 def install(
@@ -71,27 +89,11 @@ def install(
     try:
         migrations.migrate(conn)
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (migrations.ADVISORY_LOCK_KEY,))
+            _lock_installers(conn)
             for table in wanted:
                 if not table.is_pattern:
                     table_oid(conn, table)
-                schema_like, table_like = table.like_patterns
-                conn.execute(
-                    """INSERT INTO pgchanges.capture_rules
-                           (source, schema_like, table_like, channel, publication, replica_identity_full)
-                       VALUES (%s, %s, %s, %s, %s, %s)
-                       ON CONFLICT (source, schema_like, table_like, publication) DO UPDATE
-                       SET replica_identity_full = pgchanges.capture_rules.replica_identity_full
-                                                   OR excluded.replica_identity_full""",
-                    (
-                        source,
-                        schema_like,
-                        table_like,
-                        table.channel if source == "notify" else "",
-                        publication,
-                        replica_identity_full,
-                    ),
-                )
+                _add_rule(conn, table, source, publication, replica_identity_full)
             before = {c.table_oid for c in captures(conn) if c.source == source}
             follow_all(conn)
             return [c.table for c in captures(conn) if c.source == source and c.table_oid not in before]
@@ -99,28 +101,44 @@ def install(
         raise PermissionDenied(_privilege_hint(exc, wanted)) from None
 
 
+def _add_rule(
+    conn: psycopg.Connection[Any], table: TableName, source: str, publication: str, replica_identity_full: bool
+) -> None:
+    schema_like, table_like = table.like_patterns
+    params = {
+        "source": source,
+        "schema_like": schema_like,
+        "table_like": table_like,
+        "channel": table.channel if source == "notify" else "",
+        "publication": publication,
+        "replica_identity_full": replica_identity_full,
+    }
+    run(conn, "add_capture_rule", params)
+
+
 def follow_all(conn: psycopg.Connection[Any]) -> list[int]:
     """Bring every table's capture in line with the rules; returns the oids of tables whose capture changed."""
-    return [int(r[0]) for r in conn.execute("SELECT table_oid FROM pgchanges.follow_all_v1()")]
+    return [int(r.table_oid) for r in fetch_all(conn, "follow_all_tables")]
 
 
-@dataclass(frozen=True)
-class Rule:
-    source: str
-    pattern: TableName
-    publication: str
+def _lock_installers(conn: psycopg.Connection[Any]) -> None:
+    """Serialise installers to the end of the transaction (the lock migrations take)."""
+    run(conn, "capture_install_lock", {"key": migrations.ADVISORY_LOCK_KEY})
+
+
+def relation_exists(conn: psycopg.Connection[Any], relation: str) -> bool:
+    """Whether the relation ``relation`` (schema-qualified, e.g. ``pgchanges.consumers``) exists."""
+    return bool(fetch_one(conn, "pgchanges_relation_exists", {"relation": relation}).present)
 
 
 def rules(conn: psycopg.Connection[Any]) -> list[Rule]:
     """The capture rules: what is captured, by name or pattern (tables created later included)."""
-    if not schema_installed(conn) or conn.execute("SELECT to_regclass('pgchanges.capture_rules')").fetchone() == (
-        None,
-    ):
+    if not schema_installed(conn) or not relation_exists(conn, "pgchanges.capture_rules"):
         return []
-    rows = conn.execute(
-        "SELECT source, schema_like, table_like, publication FROM pgchanges.capture_rules ORDER BY 1, 2, 3, 4"
-    ).fetchall()
-    return [Rule(r[0], TableName.from_like_patterns(r[1], r[2]), r[3]) for r in rows]
+    return [
+        Rule(r.source, TableName.from_like_patterns(r.schema_like, r.table_like), r.publication)
+        for r in fetch_all(conn, "capture_rule_list")
+    ]
 
 
 def missing_rules(
@@ -130,13 +148,8 @@ def missing_rules(
     wanted = list(tables)
     if not schema_installed(conn) or migrations.pending(conn):
         return wanted
-    have = {
-        (r[0], r[1])
-        for r in conn.execute(
-            "SELECT schema_like, table_like FROM pgchanges.capture_rules WHERE source = %s AND publication = %s",
-            (source, publication),
-        )
-    }
+    rows = fetch_all(conn, "capture_rule_patterns", {"source": source, "publication": publication})
+    have = {(r.schema_like, r.table_like) for r in rows}
     return [t for t in wanted if t.like_patterns not in have]
 
 
@@ -185,44 +198,23 @@ def resolve(conn: psycopg.Connection[Any], tables: Iterable[TableName]) -> list[
             out[table_oid(conn, name)] = name
             continue
         schema_like, table_like = name.like_patterns
-        rows = conn.execute(
-            """SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-               WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
-                 AND n.nspname NOT IN ('pgchanges', 'pg_catalog', 'information_schema')
-                 AND n.nspname LIKE %s AND c.relname LIKE %s
-               ORDER BY 2, 3""",
-            (schema_like, table_like),
-        )
-        for oid, schema, table in rows:
-            out.setdefault(int(oid), TableName(schema, table))
+        for r in fetch_all(conn, "tables_matching", {"schema_like": schema_like, "table_like": table_like}):
+            out.setdefault(int(r.table_oid), TableName(r.schema_name, r.table_name))
     return [(table, oid) for oid, table in out.items()]
 
 
 def schema_installed(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT to_regnamespace('pgchanges') IS NOT NULL").fetchone()
-    return bool(row and row[0])
-
-
-@dataclass(frozen=True)
-class Capture:
-    table: TableName
-    source: str
-    table_oid: int
+    return bool(fetch_one(conn, "schema_installed").installed)
 
 
 def captures(conn: psycopg.Connection[Any]) -> list[Capture]:
     """What is captured now, according to the catalog (renamed tables show their current name)."""
     if not schema_installed(conn):
         return []
-    rows = conn.execute(
-        """SELECT n.nspname, c.relname, k.source, k.table_oid
-           FROM pgchanges.captures k
-           JOIN pg_catalog.pg_class c ON c.oid = k.table_oid
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-           ORDER BY 1, 2, 3"""
-    ).fetchall()
-    return [Capture(TableName(r[0], r[1]), r[2], int(r[3])) for r in rows]
+    return [
+        Capture(TableName(r.schema_name, r.table_name), r.source, int(r.table_oid))
+        for r in fetch_all(conn, "captured_tables")
+    ]
 
 
 def uninstall(conn: psycopg.Connection[Any], tables: Iterable[TableName] | None = None) -> list[TableName]:
@@ -237,27 +229,21 @@ def uninstall(conn: psycopg.Connection[Any], tables: Iterable[TableName] | None 
     try:
         migrations.migrate(conn)
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (migrations.ADVISORY_LOCK_KEY,))
+            _lock_installers(conn)
             before = captures(conn)
             if names is None:
-                conn.execute("DELETE FROM pgchanges.capture_rules")
+                run(conn, "delete_all_capture_rules")
             for name in names or ():
                 schema_like, table_like = name.like_patterns
-                conn.execute(
-                    "DELETE FROM pgchanges.capture_rules WHERE schema_like = %s AND table_like = %s",
-                    (schema_like, table_like),
-                )
+                run(conn, "delete_capture_rule", {"schema_like": schema_like, "table_like": table_like})
             follow_all(conn)
             after = {(c.table_oid, c.source) for c in captures(conn)}
             removed = [c.table for c in before if (c.table_oid, c.source) not in after]
-            left = conn.execute(
-                "SELECT (SELECT count(*) FROM pgchanges.captures) + (SELECT count(*) FROM pgchanges.capture_rules)"
-            ).fetchone()
-            if names is None or (left and left[0] == 0):
+            if names is None or fetch_one(conn, "capture_remaining").remaining == 0:
                 _drop_orphan_triggers(conn)
                 _drop_logical_objects(conn)
                 ddl.drop_ddl(conn)
-                conn.execute("DROP SCHEMA pgchanges CASCADE")
+                run(conn, "uninstall_drop_schema")
     except pg_errors.InsufficientPrivilege as exc:
         raise PermissionDenied(_privilege_hint(exc, names or [])) from None
     return list(dict.fromkeys(removed))
@@ -265,30 +251,21 @@ def uninstall(conn: psycopg.Connection[Any], tables: Iterable[TableName] | None 
 
 def _drop_logical_objects(conn: psycopg.Connection[Any]) -> None:
     """Publications and slots the logical source created (a slot in use by a consumer cannot be dropped)."""
-    if conn.execute("SELECT to_regclass('pgchanges.logical_objects')").fetchone() == (None,):
+    if not relation_exists(conn, "pgchanges.logical_objects"):
         return
-    for kind, name in conn.execute("SELECT kind, name FROM pgchanges.logical_objects ORDER BY kind").fetchall():
-        if kind == "publication":
-            conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
-        elif conn.execute("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (name,)).fetchone():
-            conn.execute("SELECT pg_catalog.pg_drop_replication_slot(%s)", (name,))
+    for obj in fetch_all(conn, "uninstall_logical_objects"):
+        if obj.kind == "publication":
+            conn.execute(sql.SQL(query("uninstall_drop_publication")).format(publication=sql.Identifier(obj.name)))
+        elif fetch_one(conn, "uninstall_slot_present", {"slot": obj.name}).present:
+            run(conn, "uninstall_drop_slot", {"slot": obj.name})
 
 
 def _drop_orphan_triggers(conn: psycopg.Connection[Any]) -> None:
     """Triggers calling pgchanges functions on tables missing from the registry (e.g. restored dumps)."""
-    rows = conn.execute(
-        """SELECT t.tgname, n.nspname, c.relname FROM pg_catalog.pg_trigger t
-           JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
-           JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-           WHERE p.pronamespace = 'pgchanges'::regnamespace AND NOT t.tgisinternal"""
-    ).fetchall()
-    for name, schema, table in rows:
-        conn.execute(
-            sql.SQL("DROP TRIGGER IF EXISTS {name} ON {table}").format(
-                name=sql.Identifier(name), table=sql.Identifier(schema, table)
-            )
-        )
+    drop = sql.SQL(query("uninstall_drop_trigger"))
+    for r in fetch_all(conn, "uninstall_orphan_triggers"):
+        table = sql.Identifier(r.schema_name, r.table_name)
+        conn.execute(drop.format(trigger=sql.Identifier(r.trigger_name), table=table))
 
 
 def _privilege_hint(exc: pg_errors.InsufficientPrivilege, tables: list[TableName]) -> str:

@@ -2,14 +2,74 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
-from pgchanges.errors import CaptureError
+from pgchanges.capture import install as capture
+from pgchanges.capture import migrations
+from pgchanges.capture.queries import fetch_all, fetch_one, query, run
+from pgchanges.errors import CaptureError, NotInstalled
 from pgchanges.names import TableName
+
+log = logging.getLogger("pgchanges.sources.logical")  # what the logical source logs while it sets up
+
+
+def publication_name(tables: Sequence[TableName]) -> str:
+    """A stable publication name for a set of tables."""
+    key = ",".join(sorted(f"{t.schema}.{t.table}" for t in tables))
+    return "pgchanges_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def ensure_publication(
+    conn: psycopg.Connection[Any],
+    name: str,
+    tables: Sequence[TableName],
+    full: bool,
+    *,
+    auto_install: bool = True,
+) -> None:
+    """Create the publication when missing and the capture rules that fill it (optionally REPLICA IDENTITY FULL).
+
+    The publication is created empty and filled by the rules, so a pattern that matches no table yet still
+    gives a publication to stream from; tables created later join it (capture/sql/0006_follow.sql).
+    """
+    if fetch_one(conn, "publication_exists", {"publication": name}) is None:
+        if not auto_install:
+            names = " ".join(f"'{t}'" if t.is_pattern else str(t) for t in tables)
+            raise NotInstalled(f"logical capture is not installed; run `pgchanges install {names} --source logical`")
+        migrations.migrate(conn)
+        with conn.transaction():
+            conn.execute(sql.SQL(query("create_publication")).format(publication=sql.Identifier(name)))
+            remember(conn, "publication", name)
+    capture.ensure_capture(
+        conn, tables, "logical", auto_install=auto_install, publication=name, replica_identity_full=full
+    )
+
+
+def ensure_slot(conn: psycopg.Connection[Any], slot: str) -> None:
+    """Create the replication slot ``slot`` (pgoutput) when missing; a slot of another plugin is an error."""
+    row = fetch_one(conn, "replication_slot", {"slot": slot})
+    if row is None:
+        run(conn, "create_replication_slot", {"slot": slot})
+        remember(conn, "slot", slot)
+        log.info("created replication slot %s", slot)
+    elif row.plugin != "pgoutput":
+        raise CaptureError(f"replication slot {slot} uses plugin {row.plugin}, not pgoutput")
+
+
+def slot_exists(conn: psycopg.Connection[Any], slot: str) -> bool:
+    return fetch_one(conn, "replication_slot", {"slot": slot}) is not None
+
+
+def remember(conn: psycopg.Connection[Any], kind: str, name: str) -> None:
+    """Record a publication or slot pgchanges created, for ``pgchanges uninstall``."""
+    run(conn, "remember_logical_object", {"kind": kind, "name": name})
 
 
 @dataclass(frozen=True)
@@ -22,23 +82,10 @@ class SlotInfo:
     temporary: bool
 
 
-SLOTS_SQL = """
-SELECT slot_name, plugin, active,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
-       temporary
-FROM pg_catalog.pg_replication_slots
-WHERE slot_type = 'logical' AND database = current_database()
-ORDER BY slot_name
-"""
-
-
 def install_logical(
     conn: psycopg.Connection[Any], tables: Sequence[TableName], slot: str | None, replica_identity_full: bool
 ) -> str:
     """Create (or extend) the publication for ``tables`` and the slot; returns the publication name."""
-    from pgchanges.sources.logical import ensure_publication, ensure_slot, publication_name  # noqa: PLC0415
-
     name = publication_name(tables)
     ensure_publication(conn, name, tables, replica_identity_full)
     if slot:
@@ -47,16 +94,20 @@ def install_logical(
 
 
 def list_slots(conn: psycopg.Connection[Any]) -> list[SlotInfo]:
-    return [SlotInfo(r[0], r[1], bool(r[2]), r[3], r[4], bool(r[5])) for r in conn.execute(SLOTS_SQL)]
+    """The database's logical replication slots, by name."""
+    return [
+        SlotInfo(r.name, r.plugin, bool(r.active), r.retained_bytes, r.lag_bytes, bool(r.temporary))
+        for r in fetch_all(conn, "logical_slots")
+    ]
 
 
 def drop_slot(conn: psycopg.Connection[Any], name: str) -> None:
-    row = conn.execute("SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = %s", (name,)).fetchone()
+    row = fetch_one(conn, "replication_slot", {"slot": name})
     if row is None:
         raise CaptureError(f"no replication slot named {name!r}")
-    if row[0]:
+    if row.active:
         raise CaptureError(f"replication slot {name!r} is in use by a consumer; stop it first")
-    conn.execute("SELECT pg_catalog.pg_drop_replication_slot(%s)", (name,))
+    run(conn, "drop_replication_slot", {"slot": name})
 
 
 def format_slots(slots: list[SlotInfo]) -> str:

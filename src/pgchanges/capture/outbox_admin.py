@@ -1,4 +1,8 @@
-"""Operating the outbox from outside a worker: status per consumer, dead letters, replay."""
+"""Operating the outbox from outside a worker: status per consumer, dead letters, replay.
+
+The statements are named queries: those shared with the workers in ``capture/sql/queries/outbox.sql``, the
+others in ``admin.sql``.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,13 @@ from typing import Any
 
 import psycopg
 
-from pgchanges.capture.queries import query
+from pgchanges.capture.install import relation_exists
+from pgchanges.capture.queries import fetch_all, fetch_one, query
 from pgchanges.errors import ConfigError
 
 
 def _outbox_installed(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT to_regclass('pgchanges.consumers') IS NOT NULL").fetchone()
-    return bool(row and row[0])
+    return relation_exists(conn, "pgchanges.consumers")
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,17 @@ def consumer_status(conn: psycopg.Connection[Any], consumer: str | None = None) 
     if not _outbox_installed(conn):
         return []
     with conn.transaction(force_rollback=True):  # the in-flight count takes brief KEY SHARE locks
-        rows = conn.execute(query("consumer_status"), {"consumer": consumer}).fetchall()
+        rows = fetch_all(conn, "consumer_status", {"consumer": consumer})
     return [
         ConsumerStatus(
-            r[0], int(r[1]), None if r[2] is None else float(r[2]), int(r[3]), int(r[4]), int(r[5]), int(r[6]), r[7]
+            name=r.name,
+            backlog=int(r.backlog),
+            oldest_pending_seconds=None if r.oldest_pending_seconds is None else float(r.oldest_pending_seconds),
+            in_flight=int(r.in_flight),
+            retrying=int(r.retrying),
+            dead_letters=int(r.dead_letters),
+            sleeping_workers=int(r.sleeping_workers),
+            seen_at=r.seen_at,
         )
         for r in rows
     ]
@@ -57,21 +68,21 @@ def format_status(rows: list[ConsumerStatus]) -> str:
 def dead_letters(conn: psycopg.Connection[Any], consumer: str | None = None) -> list[str]:
     if not _outbox_installed(conn):
         return []
-    rows = conn.execute(query("dead_letters"), {"consumer": consumer}).fetchall()
     return [
-        f"{r[0]} event {r[1]} ({r[7]} {r[5]}.{r[6]}) failed {r[2]}x, last at {r[4]:%Y-%m-%d %H:%M:%S}: {r[3]}"
-        for r in rows
+        f"{r.consumer} event {r.event_id} ({r.op} {r.schema_name}.{r.table_name}) failed {r.attempts}x, "
+        f"last at {r.failed_at:%Y-%m-%d %H:%M:%S}: {r.error}"
+        for r in fetch_all(conn, "dead_letter_list", {"consumer": consumer})
     ]
 
 
 def retry_dead_letters(conn: psycopg.Connection[Any], consumer: str, ids: list[int] | None) -> list[int]:
     with conn.transaction():
-        return [r[0] for r in conn.execute(query("retry_dead_letters"), {"consumer": consumer, "ids": ids})]
+        return [r.event_id for r in fetch_all(conn, "retry_dead_letters", {"consumer": consumer, "ids": ids})]
 
 
 def drop_dead_letters(conn: psycopg.Connection[Any], consumer: str, ids: list[int] | None) -> list[int]:
     with conn.transaction():
-        return [r[0] for r in conn.execute(query("drop_dead_letters"), {"consumer": consumer, "ids": ids})]
+        return [r.event_id for r in fetch_all(conn, "drop_dead_letters", {"consumer": consumer, "ids": ids})]
 
 
 def replay(conn: psycopg.Connection[Any], consumer: str, since: str) -> int:
@@ -87,8 +98,7 @@ def replay(conn: psycopg.Connection[Any], consumer: str, since: str) -> int:
             raise ConfigError(f"--since must be an event id or an ISO 8601 time, not {since!r}") from None
     if not _outbox_installed(conn):
         raise ConfigError("the outbox is not installed here (pgchanges install TABLE --source outbox)")
-    exists = conn.execute("SELECT 1 FROM pgchanges.consumers WHERE name = %s", (consumer,)).fetchone()
-    if exists is None:
+    if not fetch_one(conn, "outbox_consumer_exists", {"consumer": consumer}).present:
         raise ConfigError(f"no outbox consumer named {consumer!r}")
     with conn.transaction():
         cursor = conn.execute(query("replay"), {"consumer": consumer, "since_id": since_id, "since_time": since_time})

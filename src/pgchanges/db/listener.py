@@ -62,6 +62,11 @@ class Listener:
         conn, self._conn = self._conn, None
         await close_async(conn)
 
+    async def reopen(self) -> None:
+        """Close the connection (whatever its state) and LISTEN on a new one."""
+        await self.close()
+        await self.open()
+
     async def receive(self) -> list[Notification]:
         """Wait for at least one notification and return all that have arrived, in order."""
         conn = self._conn

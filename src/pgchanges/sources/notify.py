@@ -13,19 +13,29 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import anyio
 import psycopg
 
 from pgchanges.capture import ddl as ddl_capture
 from pgchanges.capture import install as capture
 from pgchanges.capture.ddl import DDL_CHANNEL
+from pgchanges.capture.queries import fetch_all, query
 from pgchanges.change import Change
-from pgchanges.db.connect import close_async, connect_async
 from pgchanges.db.listener import Listener, Notification
-from pgchanges.errors import ConnectError, ConnectionLost, NotInstalled
+from pgchanges.db.threaded import ThreadedConnection
+from pgchanges.errors import ConnectionLost, NotInstalled
 from pgchanges.names import TableName
 from pgchanges.rowtypes import RowType, fetch_row_types
-from pgchanges.sources.base import Backoff, Event, gap_marker
+from pgchanges.sources.base import (
+    CHANNELS,
+    DDL,
+    Event,
+    EventFeed,
+    Feed,
+    Stopper,
+    gap_marker,
+    reconnect_with_backoff,
+)
+from pgchanges.sources.options import NotifyOptions
 from pgchanges.sources.rows import parse_json, row_change
 
 #: How many recent event ids are remembered to drop an event that a second channel delivers again. The
@@ -41,7 +51,6 @@ def parse_payload(text: str) -> dict[str, Any]:
     return value
 
 
-SPILL_RETENTION_SECONDS = 3600.0
 _Parsed = dict[str, Any] | Notification | Change  # a decoded payload, a plain notification, or a DDL change
 
 
@@ -49,28 +58,28 @@ class NotifySource:
     """Changes of ``tables`` via triggers and LISTEN, plus raw notifications on ``channels``."""
 
     name = "notify"
+    acknowledges = False  # at-most-once: nothing to acknowledge, handlers run while it reads on
+    features = frozenset((CHANNELS, DDL))
 
     def __init__(
         self,
         conninfo: str,
         tables: Sequence[TableName],
         channels: Sequence[str] = (),
+        options: NotifyOptions = NotifyOptions(),  # noqa: B008 - immutable
         *,
         auto_install: bool = True,
-        backoff: Backoff = Backoff(),  # noqa: B008 - immutable
-        spill_retention: float = SPILL_RETENTION_SECONDS,
         ddl: bool = False,
     ) -> None:
-        self._conninfo = conninfo
         self._tables = list(dict.fromkeys(tables))
         self._table_channels = {t.channel: t for t in self._tables}
         self._ddl = ddl
         extra = [DDL_CHANNEL] if ddl else []
         self._listener = Listener(conninfo, [*self._table_channels, *channels, *extra])
         self._auto_install = auto_install
-        self._backoff = backoff
-        self._spill_retention = spill_retention
-        self._control: psycopg.Connection[Any] | None = None
+        self._options = options
+        self._control = ThreadedConnection(conninfo, what="the notify source's query connection")
+        self._stopper = Stopper()
         self._row_types: dict[int, RowType] = {}
         self._recent_ids: OrderedDict[int, None] = OrderedDict()
         self._reconnects = 0
@@ -85,58 +94,61 @@ class NotifySource:
         return self._listener.backend_pid
 
     async def open(self) -> None:
-        self._control = await connect_async(self._conninfo)
-        await anyio.to_thread.run_sync(self._prepare)
+        await self._control.open()
+        await self._control.call(self._prepare)
         await self._listener.open()
 
-    def _prepare(self) -> None:
-        assert self._control is not None
-        if self._ddl and not ddl_capture.ddl_installed(self._control):
+    def _prepare(self, conn: psycopg.Connection[Any]) -> None:
+        if self._ddl and not ddl_capture.ddl_installed(conn):
             if not self._auto_install:
                 raise NotInstalled("DDL capture is not installed; run `pgchanges install --ddl` as a superuser")
-            ddl_capture.install_ddl(self._control)
+            ddl_capture.install_ddl(conn)
         if self._tables:
-            capture.ensure_capture(self._control, self._tables, "notify", auto_install=self._auto_install)
-            self._control.execute(
-                "DELETE FROM pgchanges.spill WHERE created_at < now() - make_interval(secs => %s)",
-                (self._spill_retention,),
-            )
+            capture.ensure_capture(conn, self._tables, "notify", auto_install=self._auto_install)
+            conn.execute(query("purge_spill"), {"retention": self._options.spill_retention})
 
     async def close(self) -> None:
         await self._listener.close()
-        control, self._control = self._control, None
-        await close_async(control)
+        await self._control.close()
+
+    def stop(self) -> None:
+        self._stopper.stop()
+
+    async def feeds(self) -> Sequence[Feed]:
+        return [EventFeed(self)]
 
     async def ack(self, changes: Sequence[Change]) -> None:
         """Nothing to acknowledge: NOTIFY is fire-and-forget."""
 
     async def batches(self) -> AsyncIterator[list[Event]]:
-        while True:
+        stopper = self._stopper
+        while not stopper.stopping:
             try:
-                notifications = await self._listener.receive()
+                notifications = await stopper.wait(self._listener.receive())
             except ConnectionLost as exc:
                 reason = f"LISTEN connection lost: {exc}"
                 log.warning("%s; reconnecting", reason)
-                await self._reconnect()
+                if not await self._reconnect():
+                    return
                 yield [gap_marker(self.name, reason)]
                 continue
+            if notifications is None:
+                return
             yield await self._decode(notifications)
 
-    async def _reconnect(self) -> None:
-        attempt = 0
-        while True:
-            await self._listener.close()
-            try:
-                await self._listener.open()
-            except ConnectError as exc:
-                delay = self._backoff.delay(attempt)
-                log.warning("reconnect attempt %d failed (%s); retrying in %.2fs", attempt + 1, exc, delay)
-                attempt += 1
-                await anyio.sleep(delay)
-                continue
+    async def _reconnect(self) -> bool:
+        """LISTEN again (with backoff); False when stopped first. A gap follows, so nothing after it is missed."""
+        reopened = await reconnect_with_backoff(
+            self._listener.reopen,
+            backoff=self._options.backoff,
+            what="the LISTEN connection",
+            logger=log,
+            stopper=self._stopper,
+        )
+        if reopened:
             self._reconnects += 1
-            log.warning("LISTEN re-established after %d failed attempt(s); changes may have been missed", attempt)
-            return
+            log.warning("LISTEN re-established; changes may have been missed")
+        return reopened
 
     async def _decode(self, notifications: list[Notification]) -> list[Event]:
         parsed: list[_Parsed] = []
@@ -156,7 +168,7 @@ class NotifySource:
                 needs_types = stale(data)
             parsed.append(data)
         if spilled or needs_types:
-            parsed = await self._control_call(self._fetch_spills_and_types, parsed, spilled)
+            parsed = await self._control.call_reopening(self._fetch_spills_and_types, parsed, spilled)
         to_change = self._to_change
         return [item if isinstance(item, Notification | Change) else to_change(item) for item in parsed]
 
@@ -176,7 +188,7 @@ class NotifySource:
         self, conn: psycopg.Connection[Any], parsed: list[_Parsed], spilled: list[int]
     ) -> list[_Parsed]:
         if spilled:
-            rows = dict(conn.execute("SELECT id, payload FROM pgchanges.spill WHERE id = ANY(%s)", (spilled,)))
+            rows = {r.id: r.payload for r in fetch_all(conn, "spilled_payloads", {"ids": spilled})}
             resolved: list[_Parsed] = []
             for item in parsed:
                 resolved.append(self._unspill(item, rows) if isinstance(item, dict) and item.get("spill") else item)
@@ -199,21 +211,6 @@ class NotifySource:
         row_type = self._row_types.get(item["r"])
         row = item.get("n") or item.get("o")
         return row_type is None or (row is not None and not row_type.matches(row))
-
-    async def _control_call(self, func: Any, *args: Any) -> Any:
-        """Run ``func(control_conn, *args)`` in a thread, reopening the control connection once if it broke."""
-        for attempt in (1, 2):
-            if self._control is None or self._control.closed or self._control.broken:
-                await close_async(self._control)
-                self._control = await connect_async(self._conninfo)
-            try:
-                return await anyio.to_thread.run_sync(func, self._control, *args)
-            except psycopg.OperationalError:
-                if attempt == 2:
-                    raise
-                log.warning("control connection lost; reconnecting")
-                self._control = None
-        raise AssertionError("unreachable")
 
     def _to_change(self, data: dict[str, Any]) -> Change:
         if "gap" in data:

@@ -43,9 +43,8 @@ from pgchanges.capture import install as capture
 from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.errors import ConfigError, ConnectError, PermissionDenied
-from pgchanges.handling import Handling
 from pgchanges.names import TableName
-from pgchanges.sources.base import Backoff, Event, require_tables
+from pgchanges.sources.base import Backoff, Event, EventFeed, Feed, require_tables
 from pgchanges.sources.poll_state import FileStore, TableStore, open_store
 
 log = logging.getLogger("pgchanges.polling")
@@ -129,6 +128,8 @@ class PollingSource:
     """Changes of ``tables`` by polling a watermark column (``column``; per table with a mapping)."""
 
     name = "polling"
+    acknowledges = True
+    features: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -233,8 +234,11 @@ class PollingSource:
             await close_async(conn)
         self._reader = self._writer = None
 
+    async def feeds(self) -> Sequence[Feed]:
+        return [EventFeed(self)]
+
     def stop(self) -> None:
-        """Finish the poll in hand, then return from :meth:`serve`."""
+        """Finish the poll in hand, then end :meth:`batches`."""
         self._stopping = True
         if self._wait_scope is not None:
             self._wait_scope.cancel()
@@ -459,10 +463,3 @@ class PollingSource:
             except (psycopg.OperationalError, OSError) as exc:
                 # states only move forward: the next save (after the next poll, even an empty one) covers it
                 log.warning("could not save the watermark of %s (%s); it is saved after the next poll", key, exc)
-
-    async def serve(self, handling: Handling) -> None:
-        """Poll, hand each change to ``handle``, acknowledge the poll; until :meth:`stop`."""
-        async for batch in self.batches():
-            changes = [c for c in batch if isinstance(c, Change)]
-            await handling.handle_all(changes)
-            await self.ack(changes)

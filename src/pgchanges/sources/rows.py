@@ -35,17 +35,30 @@ def row_change(
     source: str,
     row_type: RowType | None,
     extra: Row | None = None,
+    on_stale: Callable[[], None] | None = None,
 ) -> Change:
-    """A Change with ``changed`` computed from the raw JSON rows, then values typed by ``row_type``."""
+    """A Change with ``changed`` computed from the raw JSON rows, then values typed by ``row_type`` (see
+    :func:`fitting` for a ``row_type`` that no longer fits the rows)."""
     changed = EMPTY
     if new is not None and old is not None:
         changed = tuple(key for key, value in new.items() if old.get(key, _MISSING) != value)
+    if on_stale is not None:
+        row_type = fitting(row_type, on_stale, new, old)
     if row_type is not None:
         if new is not None:
             row_type.convert(new)
         if old is not None:
             row_type.convert(old)
     return Change(change_id, op, schema, table, freeze(new), freeze(old), changed, xid, None, position, source, extra)
+
+
+def fitting(row_type: RowType | None, on_stale: Callable[[], None], *rows: dict[str, Any] | None) -> RowType | None:
+    """``row_type`` if every row has its columns; otherwise None (values stay as JSON gave them) and
+    ``on_stale()`` is called, so that the caller reads the table's types again: its columns changed."""
+    if row_type is None or all(row is None or row_type.matches(row) for row in rows):
+        return row_type
+    on_stale()
+    return None
 
 
 class LazyJsonRow(LazyMapping):
@@ -67,10 +80,7 @@ class LazyJsonRow(LazyMapping):
         assert self._text is not None
         values: dict[str, Any] = parse_json(self._text)
         self._text = None
-        row_type = self._row_type
+        row_type = fitting(self._row_type, self._on_stale, values)
         if row_type is not None:
-            if row_type.matches(values):
-                row_type.convert(values)
-            else:
-                self._on_stale()
+            row_type.convert(values)
         return values

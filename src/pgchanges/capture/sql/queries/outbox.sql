@@ -70,7 +70,8 @@ moved AS (
     WHERE s.name = c.name
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM moved), coalesce((SELECT sum(size) FROM made), 0), (SELECT c.after >= 0 FROM c)
+SELECT (SELECT count(*) FROM moved) AS moved, coalesce((SELECT sum(size) FROM made), 0) AS made,
+       (SELECT c.after >= 0 FROM c) AS continued
 
 -- name: sequence_position
 -- The first step of a cut (see 0008): the event sequence, read before this transaction gets its id.
@@ -91,7 +92,7 @@ WHERE EXISTS (SELECT 1 FROM pgchanges.sleepers WHERE consumer = %(consumer)s AND
 -- The lane is also left in the transaction's setting pgchanges.lane, so that the next statement can be sent
 -- with this one (one round trip); it is set above the locking, for the locked lane only (a lane skipped as
 -- locked by another worker never reaches the outer SELECT).
-SELECT c.lane, pg_catalog.set_config('pgchanges.lane', c.lane::text, true)
+SELECT c.lane, pg_catalog.set_config('pgchanges.lane', c.lane::text, true) AS lane_setting
 FROM (
 SELECT l.lane
 FROM pgchanges.lanes l
@@ -111,11 +112,11 @@ FOR UPDATE OF l SKIP LOCKED
 -- Whether the worker should cut the next piece of a snapshot being cut in pieces once its batch is done: about
 -- one batch per lane is left, so the others would soon find no work (see 0010).
 SELECT c.pending_snapshot IS NOT NULL
-       AND (SELECT count(*) FROM pgchanges.batches b WHERE b.consumer = c.name) <= c.lanes
+       AND (SELECT count(*) FROM pgchanges.batches b WHERE b.consumer = c.name) <= c.lanes AS cut_ahead
 FROM pgchanges.consumers c WHERE c.name = %(consumer)s
 
 -- name: lane_parked
-SELECT event_id, row_key, attempts, last_error, run_at <= now()
+SELECT event_id, row_key, attempts, last_error, run_at <= now() AS due
 FROM pgchanges.parked WHERE consumer = %(consumer)s AND lane = %(lane)s
 ORDER BY event_id
 
@@ -151,22 +152,24 @@ nm AS (
 )
 SELECT p.has_parked, x.*
 FROM p LEFT JOIN LATERAL (
-    SELECT b.cut, b.chunk, ev.id,
+    SELECT b.cut, b.chunk, ev.id AS event_id,
            CASE WHEN p.has_parked
-                THEN pgchanges.row_key_v2(ev.table_oid, nm.key_columns, coalesce(ev.new_row, ev.old_row)) END,
-           ev.xid::text::bigint, ev.table_oid, coalesce(h.schema_name, nm.schema_name),
-           coalesce(h.table_name, nm.table_name), ev.op, ev.new_row::text, ev.old_row::text
+                THEN pgchanges.row_key_v2(ev.table_oid, nm.key_columns, coalesce(ev.new_row, ev.old_row)) END
+               AS row_key,
+           ev.xid::text::bigint AS xid, ev.table_oid, coalesce(h.schema_name, nm.schema_name) AS schema_name,
+           coalesce(h.table_name, nm.table_name) AS table_name, ev.op, ev.new_row::text AS new_row,
+           ev.old_row::text AS old_row
     FROM b CROSS JOIN ev JOIN nm USING (table_oid)
     LEFT JOIN LATERAL (  -- the name the table had when the event was written, if renamed or dropped since
         SELECT t.schema_name::text, t.table_name::text FROM pgchanges.table_names t
         WHERE nm.renamed AND t.table_oid = ev.table_oid AND t.until_event_id > ev.id
         ORDER BY t.until_event_id LIMIT 1) h ON true
 ) x ON true
-ORDER BY x.id
+ORDER BY x.event_id
 
 -- name: events_by_id
-SELECT NULL::bigint, NULL::integer, v.id, v.row_key, v.xid::text::bigint, v.table_oid, v.schema_name, v.table_name,
-       v.op, v.new_row::text, v.old_row::text
+SELECT v.id AS event_id, v.row_key, v.xid::text::bigint AS xid, v.table_oid, v.schema_name, v.table_name,
+       v.op, v.new_row::text AS new_row, v.old_row::text AS old_row
 FROM unnest(%(ids)s::bigint[]) AS u(id)
 JOIN pgchanges.events_named v ON v.id = u.id
 ORDER BY v.id
@@ -210,7 +213,7 @@ SELECT pgchanges.wake_v1(%(consumer)s, %(worker)s)
 -- Other transactions that have written events and not yet ended: they hold ROW EXCLUSIVE on pgchanges.events
 -- until they end (readers hold ACCESS SHARE). Asked right after a worker announced its sleep: one of these may
 -- have checked for sleepers before the announcement, and so will not wake the worker when it commits.
-SELECT coalesce(array_agg(DISTINCT l.virtualtransaction), '{}')
+SELECT coalesce(array_agg(DISTINCT l.virtualtransaction), '{}') AS writers
 FROM pg_catalog.pg_locks l
 WHERE l.locktype = 'relation' AND l.relation = 'pgchanges.events'::regclass AND l.mode = 'RowExclusiveLock'
   AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
@@ -219,7 +222,7 @@ WHERE l.locktype = 'relation' AND l.relation = 'pgchanges.events'::regclass AND 
 -- name: next_run_at
 -- Seconds until the next runnable parked event (the oldest of its row) is due: negative when due now, NULL
 -- when nothing is parked.
-SELECT extract(epoch FROM min(p.run_at) - now()) FROM pgchanges.parked p
+SELECT extract(epoch FROM min(p.run_at) - now()) AS seconds FROM pgchanges.parked p
 WHERE p.consumer = %(consumer)s
   AND NOT EXISTS (SELECT 1 FROM pgchanges.parked q
                   WHERE q.consumer = p.consumer AND q.row_key = p.row_key AND q.event_id < p.event_id)
@@ -255,14 +258,6 @@ WHERE c.name = %(consumer)s
   AND (%(since_id)s::bigint IS NULL OR v.id >= %(since_id)s)
   AND (%(since_time)s::timestamptz IS NULL OR v.created_at >= %(since_time)s)
 ON CONFLICT (consumer, event_id) DO UPDATE SET attempts = 0, run_at = '-infinity', last_error = NULL
-
--- name: dead_letters
-SELECT d.consumer, d.event_id, d.attempts, d.error, d.failed_at,
-       coalesce(v.schema_name, '?'), coalesce(v.table_name, '?'), v.op
-FROM pgchanges.dead_letters d
-LEFT JOIN pgchanges.events_named v ON v.id = d.event_id
-WHERE %(consumer)s::text IS NULL OR d.consumer = %(consumer)s
-ORDER BY d.consumer, d.event_id
 
 -- name: retry_dead_letters
 WITH revived AS (
@@ -325,3 +320,11 @@ SELECT c.name,
 FROM pgchanges.consumers c JOIN uncut u ON u.name = c.name
 WHERE %(consumer)s::text IS NULL OR c.name = %(consumer)s
 ORDER BY c.name
+
+-- name: add_consumer_rule
+INSERT INTO pgchanges.consumer_rules (consumer, schema_like, table_like)
+VALUES (%(consumer)s, %(schema_like)s, %(table_like)s)
+ON CONFLICT DO NOTHING
+
+-- name: maintenance_lock
+SELECT pg_try_advisory_xact_lock(%(lock)s) AS locked

@@ -1,0 +1,7 @@
+"""``python -m pgchanges.cli``."""
+
+import sys
+
+from pgchanges.cli import main
+
+sys.exit(main())

@@ -1,0 +1,96 @@
+"""Outbox event rows (as the claim queries return them, read by column name) → typed, immutable Changes.
+
+Inserts and deletes carry one row, parsed and typed when a handler first reads it (:class:`LazyJsonRow`);
+updates are decoded at once, because ``changed`` needs both rows. Column types are read once per table and
+read again when a row no longer fits them (the table changed since).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import psycopg
+
+from pgchanges.change import EMPTY, Change, freeze
+from pgchanges.rowtypes import RowType, fetch_row_types
+from pgchanges.sources.outbox.claims import Claimed
+from pgchanges.sources.rows import LazyJsonRow, parse_json, row_change
+
+SOURCE = "outbox"
+
+
+class EventDecoder:
+    """Decodes the events of consumer ``consumer``; keeps the column types of the tables it has seen."""
+
+    def __init__(self, consumer: str) -> None:
+        self._consumer = consumer
+        self._row_types: dict[int, RowType] = {}
+        self._forgetters: dict[int, Callable[[], None]] = {}
+        self._first_attempt = freeze({"attempt": 1, "consumer": consumer})
+
+    def learn_types(self, conn: psycopg.Connection[Any], rows: Sequence[Any]) -> None:
+        """Read the column types of the tables of ``rows`` not known yet (in the caller's transaction)."""
+        unknown = {int(r.table_oid) for r in rows if int(r.table_oid) not in self._row_types}
+        if unknown:
+            self._row_types.update(fetch_row_types(conn, unknown))
+
+    def claimed(self, row: Any, attempts: int, last_error: str | None, *, parked: bool, blocked: bool) -> Claimed:
+        """The event of ``row`` (columns event_id, row_key, xid, table_oid, schema_name, table_name, op,
+        new_row, old_row) on its attempt ``attempts + 1``."""
+        return Claimed(
+            int(row.event_id), row.row_key, attempts, parked, blocked, self._change(row, attempts, last_error)
+        )
+
+    def _change(self, row: Any, attempts: int, last_error: str | None) -> Change:
+        oid = int(row.table_oid)
+        event_id = int(row.event_id)
+        if attempts == 0 and not last_error:
+            extra = self._first_attempt  # one shared read-only mapping: most events are on their first attempt
+        else:
+            details: dict[str, Any] = {"attempt": attempts + 1, "consumer": self._consumer}
+            if last_error:
+                details["last_error"] = last_error
+            extra = freeze(details)
+        op = row.op
+        if op == "insert" or op == "delete":  # noqa: PLR1714 - one row: parsed and typed when first read
+            lazy = LazyJsonRow(row.new_row or row.old_row, self._row_types.get(oid), self._forgetter(oid))
+            return Change(
+                id=f"outbox:{event_id}",
+                op=op,
+                schema=row.schema_name,
+                table=row.table_name,
+                new=lazy if op == "insert" else None,
+                old=lazy if op == "delete" else None,
+                changed=EMPTY,
+                xid=row.xid,
+                commit_time=None,
+                position=event_id,
+                source=SOURCE,
+                extra=extra,
+            )
+        return row_change(
+            change_id=f"outbox:{event_id}",
+            op=op,
+            schema=row.schema_name,
+            table=row.table_name,
+            new=parse_json(row.new_row) if row.new_row is not None else None,
+            old=parse_json(row.old_row) if row.old_row is not None else None,
+            xid=row.xid,
+            position=event_id,
+            source=SOURCE,
+            row_type=self._row_types.get(oid),
+            extra=extra,
+            on_stale=self._forgetter(oid),
+        )
+
+    def _forgetter(self, oid: int) -> Callable[[], None]:
+        forget = self._forgetters.get(oid)
+        if forget is None:
+            forget = self._forgetters[oid] = partial(self._forget, oid)
+        return forget
+
+    def _forget(self, oid: int) -> None:
+        """The table's columns changed: read its types again at the next claim."""
+        self._row_types.pop(oid, None)
