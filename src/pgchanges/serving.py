@@ -30,7 +30,7 @@ from pgchanges.lanes import TableLanes
 from pgchanges.names import TableName
 from pgchanges.plain_run import Outcome
 from pgchanges.runtime import Runtime
-from pgchanges.sources.base import Batch, Event, Feed, Source
+from pgchanges.sources.base import CALLBACK_OPS, Batch, Event, Feed, Source
 
 log = logging.getLogger("pgchanges.app")
 
@@ -129,7 +129,7 @@ class Server:
                 segment.clear()
 
         for event in batch.events:
-            if isinstance(event, Change) and event.op not in ("gap", "ddl"):
+            if isinstance(event, Change) and event.op not in CALLBACK_OPS:
                 segment.append(event)
                 continue
             await flush()

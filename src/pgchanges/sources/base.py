@@ -100,10 +100,19 @@ class EventFeed:
 
     async def batches(self) -> AsyncIterator[Batch]:
         async for events in self._source.batches():
-            yield Batch(events, [e for e in events if isinstance(e, Change) and e.op != "gap"])
+            yield Batch(events, row_changes(events))
 
     async def settle(self, batch: Batch, outcomes: Sequence[Outcome]) -> None:
         await self._source.ack([e for e in batch.events if isinstance(e, Change)])
+
+
+def row_changes(events: Sequence[Event]) -> list[Change]:
+    """The changes among ``events`` that go to row handlers (not gaps, DDL changes or plain notifications)."""
+    return [e for e in events if isinstance(e, Change) and e.op not in CALLBACK_OPS]
+
+
+#: Changes that go to the App's callbacks (on_gap, on_ddl), not to row handlers.
+CALLBACK_OPS = frozenset(("gap", "ddl"))
 
 
 def require_tables(source: str, tables: Sequence[object], channels: Sequence[str]) -> None:

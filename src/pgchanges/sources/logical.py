@@ -48,6 +48,7 @@ from pgchanges.sources.base import (
     gap_marker,
     reconnect_with_backoff,
     require_tables,
+    row_changes,
 )
 from pgchanges.sources.logical_changes import RelationInfo, relation_info
 from pgchanges.sources.logical_tracker import TransactionTracker
@@ -284,7 +285,7 @@ class _LogicalFeed:
     async def batches(self) -> AsyncIterator[Batch]:
         tracker = self._source.tracker
         async for events in self._source.batches():
-            changes = [e for e in events if isinstance(e, Change) and e.op != "gap"]
+            changes = row_changes(events)
             due: list[Any] = []
             if tracker.collect:
                 tracker.dispatched(events)  # handled before the transactions: the Server runs those after
