@@ -1,9 +1,8 @@
 """The one immutable change event every source hands to handlers, and its JSON form.
 
 ``Change`` is a ``NamedTuple`` rather than a frozen dataclass on purpose: it is built once per row on every hot
-path (decoding, dispatch) and a NamedTuple builds in less than half the time (1.3 µs against 3.1 µs for eleven
-fields, measured with ``timeit`` on the 2-core machine) while being just as immutable. Row values are exposed
-through read-only mappings.
+path (decoding, dispatch) and a NamedTuple builds in less than half the time while being just as immutable
+(bench/results/design-measurements.md). Row values are exposed through read-only mappings.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pgchanges.lazy import LazyMapping
 from pgchanges.rowtypes import RowType
 
 # One decoder for every payload: json.loads(..., parse_float=Decimal) would build a new decoder per call
-# (1.4 µs, measured with cProfile on the notify drain benchmark), and raw_decode skips the whitespace regex.
+# (see bench/results/design-measurements.md), and raw_decode skips the whitespace regex.
 _decode_json = json.JSONDecoder(parse_float=Decimal).raw_decode
 _MISSING = object()
 

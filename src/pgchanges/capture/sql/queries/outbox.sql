@@ -122,8 +122,8 @@ ORDER BY event_id
 
 -- name: lane_batch
 -- The lane's oldest batch, and whether the lane has parked events. Names are looked up once per table of the
--- batch, not per event (0.7 ms of 1.7 ms per 200 events, measured); the row key only when the lane has
--- parked events to compare it with (its JSON lookup was 5.5 of 9 µs per event). The lane is the one
+-- batch, not per event; the row key only when the lane has parked events to compare it with (its JSON lookup
+-- is most of the statement's cost per event: bench/results/design-measurements.md). The lane is the one
 -- claim_lane locked in this transaction (none: no rows).
 WITH l AS (SELECT nullif(pg_catalog.current_setting('pgchanges.lane', true), '')::integer AS lane),
 p AS (
