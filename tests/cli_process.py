@@ -45,8 +45,9 @@ class Running:
 
     @staticmethod
     def _pump(stream, sink) -> None:
-        for line in stream:
-            sink(line.rstrip("\n"))
+        with stream:  # closed at the process's end of output: no pipe left for the garbage collector
+            for line in stream:
+                sink(line.rstrip("\n"))
 
     def wait_stderr(self, needle: str, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

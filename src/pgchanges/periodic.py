@@ -6,6 +6,9 @@ locks a task's row (``FOR UPDATE SKIP LOCKED``) while it is due moves ``next_run
 transaction and runs it. ``every`` intervals are aligned to multiples of the interval since the Unix epoch,
 so all workers agree on the schedule. Missed periods (every worker was down) follow the task's policy:
 ``"once"`` runs one catch-up run, ``"all"`` runs each missed period in turn, ``"skip"`` waits for the next.
+
+"Now" is the database's ``now()``, the one clock every worker shares, unless the scheduler is given a ``clock``
+(tests give it a fixed instant, so that what runs does not depend on the time of day they run at).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_SLEEP_SECONDS = 1.0  # an idle worker looks once a second (one cheap query), so edits apply soon
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _INTERVAL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+Clock = Callable[[], datetime]
 
 
 def parse_interval(value: str | float | timedelta) -> timedelta:
@@ -63,7 +67,7 @@ class Schedule:
     def __post_init__(self) -> None:
         if self.cron is not None:
             try:
-                CronSim(self.cron, datetime.now(self.tz))
+                CronSim(self.cron, EPOCH.astimezone(self.tz))
             except CronSimError as exc:
                 raise ConfigError(f"cron expression {self.cron!r}: {exc}") from None
 
@@ -100,12 +104,21 @@ class PeriodicTask:
 
 
 class Scheduler:
-    """Runs due periodic tasks; safe to run in any number of processes at once."""
+    """Runs due periodic tasks; safe to run in any number of processes at once.
 
-    def __init__(self, conninfo: str, tasks: list[PeriodicTask]) -> None:
+    ``clock`` returns the current time (timezone-aware); by default it is the database's ``now()``.
+    """
+
+    def __init__(self, conninfo: str, tasks: list[PeriodicTask], *, clock: Clock | None = None) -> None:
         self._conninfo = conninfo
         self._tasks = {task.name: task for task in tasks}
+        self._clock = clock
         self._conn: psycopg.Connection[Any] | None = None
+
+    def _now(self) -> datetime | None:
+        """The ``now`` parameter of the queries, which read the time as ``coalesce(%(now)s::timestamptz, now())``:
+        the clock's time, or None for the database's."""
+        return None if self._clock is None else self._clock()
 
     async def run(self) -> None:
         """Until cancelled."""
@@ -124,7 +137,9 @@ class Scheduler:
     def _register(self) -> None:
         assert self._conn is not None
         migrations.migrate(self._conn)
-        now = datetime.now(UTC)
+        row = self._conn.execute("SELECT coalesce(%(now)s::timestamptz, now())", {"now": self._now()}).fetchone()
+        assert row is not None
+        now: datetime = row[0]
         for task in self._tasks.values():
             first = task.schedule.next_after(now)
             self._conn.execute(
@@ -141,9 +156,10 @@ class Scheduler:
         task = self._tasks[name]
         with self._conn.transaction():
             row = self._conn.execute(
-                """SELECT next_run_at, now() FROM pgchanges.periodic
-                   WHERE name = %s AND next_run_at <= now() FOR UPDATE SKIP LOCKED""",
-                (name,),
+                """SELECT next_run_at, coalesce(%(now)s::timestamptz, now()) FROM pgchanges.periodic
+                   WHERE name = %(name)s AND next_run_at <= coalesce(%(now)s::timestamptz, now())
+                   FOR UPDATE SKIP LOCKED""",
+                {"name": name, "now": self._now()},
             ).fetchone()
             if row is None:
                 return None
@@ -154,9 +170,9 @@ class Scheduler:
                 log.info("skipped missed runs of %s; next at %s", name, following.isoformat())
                 return None
             self._conn.execute(
-                """UPDATE pgchanges.periodic SET next_run_at = %s, last_started_at = now(), runs = runs + 1
+                """UPDATE pgchanges.periodic SET next_run_at = %s, last_started_at = %s, runs = runs + 1
                    WHERE name = %s""",
-                (following, name),
+                (following, now, name),
             )
             return due  # type: ignore[no-any-return]
 
@@ -174,15 +190,18 @@ class Scheduler:
         assert self._conn is not None
         await anyio.to_thread.run_sync(
             self._conn.execute,
-            "UPDATE pgchanges.periodic SET last_finished_at = now(), last_error = %s WHERE name = %s",
-            (error, task.name),
+            """UPDATE pgchanges.periodic
+               SET last_finished_at = coalesce(%(now)s::timestamptz, now()), last_error = %(error)s
+               WHERE name = %(name)s""",
+            {"error": error, "name": task.name, "now": self._now()},
         )
 
     def _seconds_to_next(self) -> float:
         assert self._conn is not None
         row = self._conn.execute(
-            "SELECT extract(epoch FROM min(next_run_at) - now()) FROM pgchanges.periodic WHERE name = ANY(%s)",
-            (list(self._tasks),),
+            """SELECT extract(epoch FROM min(next_run_at) - coalesce(%(now)s::timestamptz, now()))
+               FROM pgchanges.periodic WHERE name = ANY(%(names)s)""",
+            {"names": list(self._tasks), "now": self._now()},
         ).fetchone()
         wait = float(row[0]) if row and row[0] is not None else MAX_SLEEP_SECONDS
         return min(MAX_SLEEP_SECONDS, max(0.01, wait))

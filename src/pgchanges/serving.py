@@ -65,9 +65,9 @@ class Server:
     async def serve(self, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Open the source, serve it until :meth:`stop`, close it (also when cancelled or failing)."""
         source = self.source
-        await source.open()
-        log.info("listening for changes (%s) on %s", source.name, self._tables or "no tables")
         try:
+            await source.open()
+            log.info("listening for changes (%s) on %s", source.name, self._tables or "no tables")
             feeds = await source.feeds()
             if source.acknowledges:
                 await self._serve_feeds(feeds, task_status)

@@ -21,9 +21,10 @@ SOURCES = {
 async def test_a_raising_where_reaches_the_policy_on_every_source(dsn, db, source):
     db.execute("CREATE TABLE t (id int PRIMARY KEY)")
     failures, seen = [], []
-    app = pgchanges.App(
-        dsn, source=source, on_error=lambda change, exc: failures.append((change.new["id"], str(exc))), **SOURCES[source]
-    )
+    def record(change, exc):
+        failures.append((change.new["id"], str(exc)))
+
+    app = pgchanges.App(dsn, source=source, on_error=record, **SOURCES[source])
 
     def broken(change):
         raise ValueError("filter broke")

@@ -141,8 +141,6 @@ async def test_a_transaction_handler_gets_the_transaction_in_a_savepoint():
 
     class FakeTransaction:  # stands in for the outbox transaction: records the savepoint around the handlers
         def savepoint(self):
-            tx = self
-
             class Savepoint:
                 async def __aenter__(self):
                     events.append("savepoint")

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
 import anyio
@@ -158,7 +158,7 @@ class LogicalSource:
 
     # -- the initial snapshot ------------------------------------------------------------------------------
 
-    async def _snapshot_batches(self) -> AsyncIterator[list[Event]]:
+    async def _snapshot_batches(self) -> AsyncGenerator[list[Event], None]:
         """The tables' rows as of the slot's start point (or, resuming, as of now), page by page."""
         reader = await connect_async(self._conninfo, autocommit=False)
         tally = self._snapshot_tally
@@ -194,8 +194,9 @@ class LogicalSource:
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         if self._snapshot_plan:
-            async for page in self._snapshot_batches():
-                yield page
+            async with contextlib.aclosing(self._snapshot_batches()) as pages:  # its connection closes with it
+                async for page in pages:
+                    yield page
         stopper = self._stopper
         while not stopper.stopping:
             try:
