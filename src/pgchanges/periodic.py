@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -27,8 +28,11 @@ import psycopg
 from cronsim import CronSim, CronSimError
 
 from pgchanges.capture import migrations
+from pgchanges.capture.queries import fetch_one, run
 from pgchanges.db.connect import close_async, connect_async
 from pgchanges.errors import ConfigError
+from pgchanges.routing import Router
+from pgchanges.runtime import Runtime
 
 log = logging.getLogger("pgchanges.periodic")
 
@@ -109,10 +113,13 @@ class Scheduler:
     ``clock`` returns the current time (timezone-aware); by default it is the database's ``now()``.
     """
 
-    def __init__(self, conninfo: str, tasks: list[PeriodicTask], *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, conninfo: str, tasks: list[PeriodicTask], *, clock: Clock | None = None, runtime: Runtime | None = None
+    ) -> None:
         self._conninfo = conninfo
         self._tasks = {task.name: task for task in tasks}
         self._clock = clock
+        self._runtime = runtime or Runtime(Router(), "log")  # a failed run is recorded; the next period runs
         self._conn: psycopg.Connection[Any] | None = None
 
     def _now(self) -> datetime | None:
@@ -135,73 +142,45 @@ class Scheduler:
                 await close_async(self._conn)
 
     def _register(self) -> None:
-        assert self._conn is not None
-        migrations.migrate(self._conn)
-        row = self._conn.execute("SELECT coalesce(%(now)s::timestamptz, now())", {"now": self._now()}).fetchone()
-        assert row is not None
-        now: datetime = row[0]
+        conn = self._conn
+        assert conn is not None
+        migrations.migrate(conn)
+        now: datetime = fetch_one(conn, "periodic_now", {"now": self._now()}).now
         for task in self._tasks.values():
             first = task.schedule.next_after(now)
-            self._conn.execute(
-                """INSERT INTO pgchanges.periodic (name, spec, next_run_at) VALUES (%s, %s, %s)
-                   ON CONFLICT (name) DO UPDATE SET spec = excluded.spec,
-                       next_run_at = CASE WHEN pgchanges.periodic.spec = excluded.spec
-                                          THEN pgchanges.periodic.next_run_at ELSE excluded.next_run_at END""",
-                (task.name, task.schedule.spec, first),
-            )
+            run(conn, "periodic_register", {"name": task.name, "spec": task.schedule.spec, "first": first})
 
     def _claim(self, name: str) -> datetime | None:
         """If ``name`` is due and no one else holds it: move it forward and return the time it was due for."""
-        assert self._conn is not None
+        conn = self._conn
+        assert conn is not None
         task = self._tasks[name]
-        with self._conn.transaction():
-            row = self._conn.execute(
-                """SELECT next_run_at, coalesce(%(now)s::timestamptz, now()) FROM pgchanges.periodic
-                   WHERE name = %(name)s AND next_run_at <= coalesce(%(now)s::timestamptz, now())
-                   FOR UPDATE SKIP LOCKED""",
-                {"name": name, "now": self._now()},
-            ).fetchone()
+        with conn.transaction():
+            row = fetch_one(conn, "periodic_claim", {"name": name, "now": self._now()})
             if row is None:
                 return None
-            due, now = row
+            due: datetime = row.next_run_at
+            now: datetime = row.now
             following = task.schedule.next_after(due if task.missed == "all" else now)
             if task.missed == "skip" and task.schedule.next_after(due) <= now:
-                self._conn.execute("UPDATE pgchanges.periodic SET next_run_at = %s WHERE name = %s", (following, name))
+                run(conn, "periodic_skip", {"name": name, "following": following})
                 log.info("skipped missed runs of %s; next at %s", name, following.isoformat())
                 return None
-            self._conn.execute(
-                """UPDATE pgchanges.periodic SET next_run_at = %s, last_started_at = %s, runs = runs + 1
-                   WHERE name = %s""",
-                (following, now, name),
-            )
-            return due  # type: ignore[no-any-return]
+            run(conn, "periodic_started", {"name": name, "following": following, "now": now})
+            return due
 
     async def _execute(self, task: PeriodicTask, scheduled: datetime) -> None:
+        """Run the task through the runtime (a failure is logged and recorded; the next period runs again)."""
         args = (scheduled,) if task.wants_time else ()
-        error: str | None = None
-        try:
-            if inspect.iscoroutinefunction(task.func):
-                await task.func(*args)
-            else:
-                await anyio.to_thread.run_sync(task.func, *args)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            log.exception("periodic task %s (due %s) failed", task.name, scheduled.isoformat())
+        what = f"periodic task {task.name} (due {scheduled.isoformat()})"
+        failure = await self._runtime.call(task.func, *args, subject=what, name=task.name)
+        error = None if failure is None else f"{type(failure).__name__}: {failure}"
         assert self._conn is not None
-        await anyio.to_thread.run_sync(
-            self._conn.execute,
-            """UPDATE pgchanges.periodic
-               SET last_finished_at = coalesce(%(now)s::timestamptz, now()), last_error = %(error)s
-               WHERE name = %(name)s""",
-            {"error": error, "name": task.name, "now": self._now()},
-        )
+        params = {"error": error, "name": task.name, "now": self._now()}
+        await anyio.to_thread.run_sync(partial(run, self._conn, "periodic_finished", params))
 
     def _seconds_to_next(self) -> float:
         assert self._conn is not None
-        row = self._conn.execute(
-            """SELECT extract(epoch FROM min(next_run_at) - coalesce(%(now)s::timestamptz, now()))
-               FROM pgchanges.periodic WHERE name = ANY(%(names)s)""",
-            {"names": list(self._tasks), "now": self._now()},
-        ).fetchone()
-        wait = float(row[0]) if row and row[0] is not None else MAX_SLEEP_SECONDS
+        row = fetch_one(self._conn, "periodic_wait", {"names": list(self._tasks), "now": self._now()})
+        wait = float(row.seconds) if row and row.seconds is not None else MAX_SLEEP_SECONDS
         return min(MAX_SLEEP_SECONDS, max(0.01, wait))

@@ -96,8 +96,10 @@ class Runtime:
 
     # -- single calls: callbacks, transaction handlers, periodic tasks -----------------------------------
 
-    async def call(self, func: Callable[..., Any], *args: Any, subject: Any, name: str | None = None) -> bool:
-        """Run one callback (async awaited, plain in a worker thread) under the policy; whether it succeeded.
+    async def call(
+        self, func: Callable[..., Any], *args: Any, subject: Any, name: str | None = None
+    ) -> BaseException | None:
+        """Run one callback (async awaited, plain in a worker thread) under the policy; what it raised, if anything.
 
         ``subject`` is what the policy is told the failure was about (a change, or a description)."""
         try:
@@ -107,8 +109,8 @@ class Runtime:
                 await anyio.to_thread.run_sync(partial(func, *args), abandon_on_cancel=True)
         except Exception as exc:
             self._failed(name or _name_of(func), subject, exc)
-            return False
-        return True
+            return exc
+        return None
 
     # -- changes -----------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ hold. Every piece of user code runs through the :class:`~pgchanges.runtime.Runti
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -87,11 +88,12 @@ class Server:
             self.source.stop()
 
     async def _drive(self, feed: Feed) -> None:
-        async for batch in feed.batches():
-            outcomes = await self._handle(batch, self._run_now)
-            for changes in batch.transactions:
-                await self._run_transaction(changes)
-            await feed.settle(batch, outcomes)
+        async with contextlib.aclosing(feed.batches()) as batches:  # closed at once, also on a failure
+            async for batch in batches:
+                outcomes = await self._handle(batch, self._run_now)
+                for changes in batch.transactions:
+                    await self._run_transaction(changes)
+                await feed.settle(batch, outcomes)
 
     async def _serve_lanes(self, feeds: Sequence[Feed], task_status: TaskStatus[None]) -> None:
         async with TableLanes(self.runtime) as lanes, anyio.create_task_group() as tg:
@@ -101,8 +103,9 @@ class Server:
                 return [None] * len(changes)
 
             async def read(feed: Feed) -> None:
-                async for batch in feed.batches():
-                    await feed.settle(batch, await self._handle(batch, queue))
+                async with contextlib.aclosing(feed.batches()) as batches:
+                    async for batch in batches:
+                        await feed.settle(batch, await self._handle(batch, queue))
 
             for feed in feeds:
                 tg.start_soon(read, feed)

@@ -12,10 +12,11 @@ Shared here, written once: reconnecting with backoff (:func:`reconnect_with_back
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -60,7 +61,7 @@ class Batch:
 class Feed(Protocol):
     """One stream of batches the App serves; a source may have several (the outbox's workers)."""
 
-    def batches(self) -> AsyncIterator[Batch]: ...
+    def batches(self) -> AsyncGenerator[Batch, None]: ...
 
     async def settle(self, batch: Batch, outcomes: Sequence[Outcome]) -> None:
         """``outcomes[i]`` is what became of ``batch.changes[i]`` (see :meth:`pgchanges.runtime.Runtime.run_changes`);
@@ -86,7 +87,7 @@ class Source(Protocol):
     async def feeds(self) -> Sequence[Feed]:
         """The feeds the App serves, opened (called after :meth:`open`)."""
 
-    def batches(self) -> AsyncIterator[list[Event]]: ...
+    def batches(self) -> AsyncGenerator[list[Event], None]: ...
 
     async def ack(self, changes: Sequence[Change]) -> None: ...
 
@@ -98,9 +99,10 @@ class EventFeed:
     def __init__(self, source: Source) -> None:
         self._source = source
 
-    async def batches(self) -> AsyncIterator[Batch]:
-        async for events in self._source.batches():
-            yield Batch(events, row_changes(events))
+    async def batches(self) -> AsyncGenerator[Batch, None]:
+        async with contextlib.aclosing(self._source.batches()) as reads:
+            async for events in reads:
+                yield Batch(events, row_changes(events))
 
     async def settle(self, batch: Batch, outcomes: Sequence[Outcome]) -> None:
         await self._source.ack([e for e in batch.events if isinstance(e, Change)])

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, cast
 
 import anyio
@@ -192,7 +192,7 @@ class LogicalSource:
 
     # -- reading -------------------------------------------------------------------------------------------
 
-    async def batches(self) -> AsyncIterator[list[Event]]:
+    async def batches(self) -> AsyncGenerator[list[Event], None]:
         if self._snapshot_plan:
             async with contextlib.aclosing(self._snapshot_batches()) as pages:  # its connection closes with it
                 async for page in pages:
@@ -283,16 +283,17 @@ class _LogicalFeed:
     def __init__(self, source: LogicalSource) -> None:
         self._source = source
 
-    async def batches(self) -> AsyncIterator[Batch]:
+    async def batches(self) -> AsyncGenerator[Batch, None]:
         tracker = self._source.tracker
-        async for events in self._source.batches():
-            changes = row_changes(events)
-            due: list[Any] = []
-            if tracker.collect:
-                tracker.dispatched(events)  # handled before the transactions: the Server runs those after
-                while (ready := tracker.next_transaction()) is not None:
-                    due.append(ready)
-            yield Batch(events, changes, transactions=[whole for _, whole in due], token=[txn for txn, _ in due])
+        async with contextlib.aclosing(self._source.batches()) as reads:
+            async for events in reads:
+                changes = row_changes(events)
+                due: list[Any] = []
+                if tracker.collect:
+                    tracker.dispatched(events)  # handled before the transactions: the Server runs those after
+                    while (ready := tracker.next_transaction()) is not None:
+                        due.append(ready)
+                yield Batch(events, changes, transactions=[whole for _, whole in due], token=[txn for txn, _ in due])
 
     async def settle(self, batch: Batch, outcomes: Sequence[Outcome]) -> None:
         for txn in batch.token:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import psycopg
@@ -120,7 +120,7 @@ class NotifySource:
     async def ack(self, changes: Sequence[Change]) -> None:
         """Nothing to acknowledge: NOTIFY is fire-and-forget."""
 
-    async def batches(self) -> AsyncIterator[list[Event]]:
+    async def batches(self) -> AsyncGenerator[list[Event], None]:
         stopper = self._stopper
         while not stopper.stopping:
             try:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -391,7 +391,7 @@ class PollingSource:
             )
         return out
 
-    async def batches(self) -> AsyncIterator[list[Event]]:
+    async def batches(self) -> AsyncGenerator[list[Event], None]:
         """One list per poll of each table that had changes; sleeps ``interval`` between idle rounds."""
         while not self._stopping:
             busy = False

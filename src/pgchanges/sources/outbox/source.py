@@ -6,7 +6,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import anyio
@@ -120,7 +120,7 @@ class OutboxSource:
 
     # -- the stream: the caller acknowledges -------------------------------------------------------------
 
-    def batches(self) -> AsyncIterator[list[Event]]:
+    def batches(self) -> AsyncGenerator[list[Event], None]:
         """Claimed batches of one worker; see :mod:`pgchanges.sources.outbox.stream`."""
         if self._stream is None:
             self._stream = StreamReader(self._workers[0], self._options.ack_wait)

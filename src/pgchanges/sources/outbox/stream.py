@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from functools import partial
 
 from pgchanges.change import Change
@@ -34,7 +34,7 @@ class StreamReader:
         self._acked: set[int] = set()
         self._awaiting_ack: set[int] = set()  # deferred at an earlier batch's end, an ack still counts
 
-    async def batches(self) -> AsyncIterator[list[Event]]:
+    async def batches(self) -> AsyncGenerator[list[Event], None]:
         async with contextlib.aclosing(self._worker.batches()) as claims:
             while True:
                 if self._open is not None:
