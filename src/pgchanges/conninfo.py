@@ -17,8 +17,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgchanges.errors import ConfigError
 
-#: libpq keepalive settings so a silently dead peer is noticed within about 25 seconds.
-KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5", "keepalives_count": "3"}
 DEFAULT_APPLICATION_NAME = "pgchanges"
 
 ConnectionSource = str | Mapping[str, Any] | psycopg.Connection[Any] | psycopg.AsyncConnection[Any] | None
@@ -54,9 +52,7 @@ def resolve(
         params = conninfo_to_dict(base)
     except psycopg.ProgrammingError as exc:
         raise ConfigError(f"invalid connection string: {_strip_secrets(str(exc))}") from None
-    extra: dict[str, Any] = {"application_name": application_name}
-    if not str(params.get("host", "")).startswith("/"):  # keepalives are for TCP only
-        extra.update({k: v for k, v in KEEPALIVES.items() if k not in params})
+    extra: dict[str, Any] = {"application_name": application_name}  # liveness settings: db/connect.py
     if "application_name" in params:
         extra.pop("application_name")
     return make_conninfo(base, **extra)

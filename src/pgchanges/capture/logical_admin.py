@@ -18,6 +18,8 @@ from pgchanges.errors import CaptureError, NotInstalled
 from pgchanges.names import TableName
 
 log = logging.getLogger("pgchanges.sources.logical")  # what the logical source logs while it sets up
+#: A walsender whose consumer has not replied for this long serves no one: twice the status interval (10 s).
+SILENT_WALSENDER_SECONDS = 20.0
 
 
 def publication_name(tables: Sequence[TableName]) -> str:
@@ -65,6 +67,17 @@ def ensure_slot(conn: psycopg.Connection[Any], slot: str) -> None:
 
 def slot_exists(conn: psycopg.Connection[Any], slot: str) -> bool:
     return fetch_one(conn, "replication_slot", {"slot": slot}) is not None
+
+
+def end_silent_walsender(conn: psycopg.Connection[Any], slot: str) -> bool:
+    """End the walsender holding ``slot`` if its consumer has not answered for a while (it lost its connection
+    without the server noticing: a partition); whether one was ended. A live consumer answers at least every
+    status interval, so this never ends a reader that is alive, a hot standby's included."""
+    row = fetch_one(conn, "end_silent_walsender", {"slot": slot, "silent_seconds": SILENT_WALSENDER_SECONDS})
+    ended = bool(row and row.ended)
+    if ended:
+        log.warning("ended the silent walsender that still held slot %s", slot)
+    return ended
 
 
 def remember(conn: psycopg.Connection[Any], kind: str, name: str) -> None:

@@ -13,7 +13,6 @@ from pgchanges.sources.options import (
     OutboxOptions,
     PollingOptions,
     SourceOptions,
-    as_keywords,
 )
 
 __all__ = ["SOURCES", "make_source"]
@@ -47,4 +46,4 @@ def make_source(
     assert isinstance(options, PollingOptions)
     from pgchanges.sources.polling import PollingSource  # noqa: PLC0415
 
-    return PollingSource(conninfo, tables, channels, auto_install=auto_install, **as_keywords(options))
+    return PollingSource(conninfo, tables, channels, options, auto_install=auto_install)

@@ -28,9 +28,17 @@ from typing import Any, cast
 import anyio
 import psycopg
 
-from pgchanges.capture.logical_admin import ensure_publication, ensure_slot, publication_name, remember, slot_exists
+from pgchanges.capture.logical_admin import (
+    end_silent_walsender,
+    ensure_publication,
+    ensure_slot,
+    publication_name,
+    remember,
+    slot_exists,
+)
 from pgchanges.change import Change
 from pgchanges.db.connect import close_async, connect_async
+from pgchanges.db.threaded import ThreadedConnection
 from pgchanges.db.replication import Keepalive, ReplicationStream, XLogData, check_slot_name
 from pgchanges.errors import CaptureError, ConnectError, ReplicationLost
 from pgchanges.names import TableName
@@ -99,7 +107,8 @@ class LogicalSource:
             retained_warning_bytes=options.retained_warning_bytes,
         )
         self._backoff = options.backoff
-        self._control: psycopg.Connection[Any] | None = None
+        # the control connection (setup, type lookups, snapshot progress): opened again when broken
+        self._control = ThreadedConnection(conninfo, what="the logical source's control connection")
         self._stream = ReplicationStream(conninfo)
         # what the stream made and what the slot may confirm; whole transactions kept for their handlers
         self.tracker = TransactionTracker(collect=whole_transactions)
@@ -114,8 +123,8 @@ class LogicalSource:
     # -- lifecycle -----------------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._control = await connect_async(self._conninfo)
-        self._snapshot_plan = await anyio.to_thread.run_sync(setup.prepare, self._control, self._setup)
+        await self._control.open()
+        self._snapshot_plan = await self._control.call(setup.prepare, self._setup)
         await self._start_stream()
 
     async def _start_stream(self) -> None:
@@ -137,18 +146,17 @@ class LogicalSource:
         self.tracker.restart()
 
     async def _on_control(self, call: Callable[..., Any], *args: Any) -> Any:
-        """``call(control connection, *args)`` in a worker thread."""
-        assert self._control is not None
-        return await anyio.to_thread.run_sync(call, self._control, *args)
+        """``call(control connection, *args)`` in a worker thread; a control connection that broke (a
+        partition, a restart) is opened again first, so a lookup never fails on a dead connection for good."""
+        return await self._control.call_reopening(call, *args)
 
     async def close(self) -> None:
         flushed = self.tracker.flushed
-        if self._control is not None and not self._control.closed and flushed:
+        if self._control.usable and flushed:
             with contextlib.suppress(ReplicationLost):
                 self._stream.send_status(flushed)
         await self._stream.close()
-        control, self._control = self._control, None
-        await close_async(control)
+        await self._control.close()
 
     def stop(self) -> None:
         self._stopper.stop()
@@ -185,7 +193,7 @@ class LogicalSource:
             self._snapshot_position = snapshot_mod.current_position(reader)
 
     async def _record_snapshot(self, oid: int, last_key: list[Any] | None) -> None:
-        if self.temporary or self._control is None:
+        if self.temporary or self._control.connection is None:
             return
         done = self._snapshot_tally.done(oid)
         await self._on_control(snapshot_mod.record, self.slot, oid, last_key, done)
@@ -222,6 +230,8 @@ class LogicalSource:
 
         async def restart() -> None:
             await self._stream.close()
+            if not self.temporary:  # our old walsender may still hold the slot: end it once it went silent
+                await self._on_control(end_silent_walsender, self.slot)
             await self._start_stream()
 
         return await reconnect_with_backoff(

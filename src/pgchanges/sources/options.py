@@ -108,8 +108,3 @@ def options_for(kind: str, given: Mapping[str, Any]) -> SourceOptions:
             f"unknown option(s) for source={kind!r}: {', '.join(unknown)}; valid options: {', '.join(valid)}"
         )
     return cls(**given)
-
-
-def as_keywords(options: SourceOptions) -> dict[str, Any]:
-    """The options as keyword arguments (shallow: nested policies stay objects)."""
-    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}

@@ -77,3 +77,11 @@ SELECT * FROM {table} ORDER BY {keys} LIMIT {limit}
 -- name: snapshot_next_page
 -- After the last key of the page before: one placeholder per key column.
 SELECT * FROM {table} WHERE ({keys}) > ({after}) ORDER BY {keys} LIMIT {limit}
+
+-- name: end_silent_walsender
+-- The walsender that holds the slot, if its consumer has not replied for %(silent_seconds)s seconds.
+SELECT coalesce(bool_or(pg_catalog.pg_terminate_backend(s.active_pid)), false) AS ended
+FROM pg_catalog.pg_replication_slots s
+JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid
+WHERE s.slot_name = %(slot)s
+  AND coalesce(r.reply_time, r.backend_start) < now() - make_interval(secs => %(silent_seconds)s)
