@@ -56,7 +56,11 @@ def str_to_lsn(text: str) -> int:
 
 
 def pg_timestamp(micros: int) -> datetime:
-    return PG_EPOCH + timedelta(microseconds=micros)
+    """A server timestamp (microseconds since 2000-01-01 UTC); one outside Python's range is a DecodeError."""
+    try:
+        return PG_EPOCH + timedelta(microseconds=micros)
+    except OverflowError:
+        raise DecodeError(f"timestamp {micros} (microseconds since 2000-01-01) is out of range") from None
 
 
 def pg_micros(moment: datetime) -> int:

@@ -111,3 +111,9 @@ def test_lsn_text_form():
 def test_invalid_utf8_name_is_a_decode_error():
     with pytest.raises(DecodeError, match="UTF-8"):
         p.Decoder().decode(b"O" + b"\0" * 8 + b"\xff\xfe\0")
+
+
+def test_a_timestamp_out_of_range_is_a_decode_error():
+    begin = b"B" + (0).to_bytes(8, "big") + (0x0381_0000_0000_0000).to_bytes(8, "big") + (0).to_bytes(4, "big")
+    with pytest.raises(DecodeError, match="out of range"):
+        p.Decoder().decode(begin)
