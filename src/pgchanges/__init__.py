@@ -28,6 +28,9 @@ from pgchanges.errors import (
     PermissionDenied,
     PgChangesError,
     ReplicationLost,
+    SinkError,
+    SinkRejected,
+    SinkUnavailable,
     TableNotFound,
 )
 from pgchanges.pgoutput import UNCHANGED_TOAST
@@ -60,6 +63,9 @@ __all__ = [
     "NotInstalled",
     "DecodeError",
     "HandlerFailed",
+    "SinkError",
+    "SinkUnavailable",
+    "SinkRejected",
 ]
 
 

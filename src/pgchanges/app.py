@@ -15,7 +15,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio
@@ -27,15 +27,22 @@ from pgchanges.capture.install import SOURCES as CAPTURES
 from pgchanges.change import Change
 from pgchanges.db.listener import Notification
 from pgchanges.errors import ConfigError
+from pgchanges.forwarding import Forwarder, Transform, make_forwarder
 from pgchanges.names import TableName, parse_table
+from pgchanges.ops import logs
 from pgchanges.periodic import MissedPolicy, PeriodicTask, Schedule, Scheduler, parse_interval
-from pgchanges.routing import Predicate, Router, check_handler_arguments
+from pgchanges.routing import APP_DEFAULT, Predicate, Router, check_handler_arguments
 from pgchanges.runtime import ErrorPolicy, Runtime
 from pgchanges.serving import Callbacks, Server
+from pgchanges.sinks.base import Sink
+from pgchanges.sinks.options import DEFAULT_WINDOW
 from pgchanges.sources import base as features
 from pgchanges.sources.base import Source
 from pgchanges.sources.factory import make_source
 from pgchanges.sources.options import options_for
+
+if TYPE_CHECKING:
+    from pgchanges.ops.service import Ops
 
 log = logging.getLogger("pgchanges.app")
 
@@ -75,6 +82,9 @@ class App:
         application_name: str = ci.DEFAULT_APPLICATION_NAME,
         follow_interval: float = 10.0,
         handler_timeout: float | _SourceDefault | None = SOURCE_DEFAULT,
+        http: str | None = None,
+        stall_after: float = 60.0,
+        max_retained: int | str | None = None,
         **source_options: Any,
     ) -> None:
         self.conninfo = ci.resolve(dsn, engine=engine, application_name=application_name)
@@ -90,11 +100,15 @@ class App:
         self._follow_interval = follow_interval
         self._callbacks = Callbacks()
         self._periodic: list[PeriodicTask] = []
+        self._forwarders: list[Forwarder] = []
         self._stop: anyio.Event | None = None  # created inside the running event loop
         self._stop_requested = False
         self.source: Source | None = None
         self.scheduler: Scheduler | None = None
         self.server: Server | None = None
+        self.ops: Ops | None = None  # the operator endpoint (http=): metrics, /healthz, /readyz
+        if http is not None:
+            self.enable_ops(http, stall_after=stall_after, max_retained=max_retained)
 
     def __repr__(self) -> str:
         return f"App(source={self.source_kind!r}, {ci.redact(self.conninfo)}, tables={self.tables})"
@@ -122,6 +136,44 @@ class App:
             return handler
 
         return decorate
+
+    def forward(
+        self,
+        tables: str | TableName | Iterable[str | TableName],
+        *,
+        to: str | Sink,
+        ops: Iterable[str] | str | None = None,
+        where: Predicate | None = None,
+        transform: Transform | None = None,
+        format: str = "json",
+        window: int = DEFAULT_WINDOW,
+        dead_letter_table: str | None = None,
+        **options: Any,
+    ) -> Forwarder:
+        """Forward the changes of ``tables`` to a broker or webhook: ``to`` is ``nats://…``, ``redis://…``,
+        ``amqp://…``, ``http(s)://…`` (with that sink's ``options``, e.g. ``subject=``, ``stream=``) or a Sink.
+
+        ``ops`` and ``where`` as for :meth:`on`; ``transform(change)`` returns the payload to send instead of
+        the ``format`` (json, cloudevents, debezium), or None to skip the change. The source's position advances
+        only once the broker confirmed every change before it; ``window`` changes are in flight at a time. A
+        change the broker can never take fails: the outbox retries it, then makes it a dead letter; logical and
+        polling stop serving without acknowledging it, unless ``dead_letter_table`` names a table to put it in.
+        """
+        if dead_letter_table is not None and self.source_kind == "outbox":
+            raise ConfigError("the outbox keeps its own dead letters (pgchanges dead-letters); drop dead_letter_table")
+        forwarder = make_forwarder(
+            self.conninfo, to, format=format, transform=transform, window=window, dead_letter_table=dead_letter_table,
+            **options,
+        )  # fmt: skip
+        stop = self.source_kind in ("logical", "polling") and dead_letter_table is None
+        handler = forwarder.handler()
+        chosen = [tables] if isinstance(tables, str | TableName) else list(tables)
+        for table in chosen:
+            self.router.add(
+                table, ops, handler, where, batch=True, on_error="stop" if stop else APP_DEFAULT, timeout=None
+            )
+        self._forwarders.append(forwarder)
+        return forwarder
 
     def on_notify(self, channel: str) -> Callable[[F], F]:
         """Subscribe the decorated handler to plain NOTIFY messages on ``channel`` (any name, quoted for us)."""
@@ -224,10 +276,33 @@ class App:
         if not serves_changes and not self._periodic:
             raise ConfigError("nothing to serve: add a handler (@app.on, @app.on_notify) or a periodic task")
         self.server = self._server() if serves_changes else None  # a ConfigError here, before any task starts
+        log_context = logs.serving_context.set(self._log_context())
+        try:
+            await self._serve_all(task_status)
+        finally:
+            logs.serving_context.reset(log_context)
+
+    def _log_context(self) -> dict[str, str]:
+        """What every line logged while serving carries (``--log-format json``): source, consumer, slot."""
+        context = {"source": self.source_kind}
+        found = {"consumer": getattr(self.options, "consumer", None), "slot": getattr(self.source, "slot", None)}
+        for key, value in found.items():
+            if isinstance(value, str):
+                context[key] = value
+        return context
+
+    async def _serve_all(self, task_status: TaskStatus[None]) -> None:
+        assert self._stop is not None
         async with anyio.create_task_group() as outer:
+            if self.ops is not None:
+                if self.server is not None:
+                    self.ops.attach(self.server)
+                await outer.start(self.ops.run)
             if self._periodic:
                 self.scheduler = Scheduler(self.conninfo, self._periodic)
                 outer.start_soon(self.scheduler.run)
+            for forwarder in self._forwarders:
+                outer.start_soon(forwarder.keep_open)  # closes its sink when serving ends
             if self.tables and self._auto_install and self._follow_interval > 0 and self.source_kind in CAPTURES:
                 outer.start_soon(follow_schema, self.conninfo, self._follow_interval)
             try:
@@ -240,6 +315,17 @@ class App:
                     await self._stop.wait()
             finally:
                 outer.cancel_scope.cancel()
+
+    def enable_ops(self, http: str, *, stall_after: float = 60.0, max_retained: int | str | None = None) -> None:
+        """Serve metrics, /healthz and /readyz on ``http`` (HOST:PORT) while the App serves (the ops extra).
+
+        ``/readyz`` fails once changes are pending and the position has not advanced for ``stall_after``
+        seconds, or when the slot retains more than ``max_retained`` (bytes, or "10GB")."""
+        from pgchanges.ops.service import Ops, OpsConfig, parse_size  # noqa: PLC0415 - the optional extra
+
+        config = OpsConfig(http, stall_after=stall_after, max_retained_bytes=parse_size(max_retained))
+        consumer = getattr(self.options, "consumer", None) if self.source_kind == "outbox" else None
+        self.ops = Ops(self.conninfo, config, consumer=consumer)
 
     def _server(self) -> Server:
         """The source and runtime for this App's handlers, checked against what the source can do."""

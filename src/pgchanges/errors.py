@@ -49,3 +49,15 @@ class ConnectionLost(ConnectError):
 
 class ReplicationLost(ConnectionLost):
     """The replication connection broke."""
+
+
+class SinkError(PgChangesError):
+    """Forwarding changes to a broker or webhook failed; the message names the sink without its secrets."""
+
+
+class SinkUnavailable(SinkError):
+    """The broker or endpoint cannot take a message now (down, refusing, timed out); it is tried again."""
+
+
+class SinkRejected(SinkError):
+    """The broker or endpoint can never take this message (too large, refused as invalid): the change failed."""

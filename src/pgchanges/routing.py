@@ -14,12 +14,23 @@ from pgchanges.names import TableName, parse_table
 Predicate = Callable[[Change], bool]
 
 
+class AppDefault:
+    def __repr__(self) -> str:
+        return "the App's"
+
+
+#: A batch route's ``on_error`` or ``timeout`` not given: the App's.
+APP_DEFAULT = AppDefault()
+
+
 @dataclass(frozen=True)
 class Route:
     """One ``@app.on(...)`` subscription. ``transaction``: the handler takes the outbox transaction as its second
     argument (declared, never guessed from the signature). ``batch``: the handler is an ``async def`` that takes
     the list of a batch's changes it subscribed to, at once (sinks: they publish a window of changes and return
-    when all are confirmed), and returns None or one exception-or-None per change."""
+    when all are confirmed), and returns None or one exception-or-None per change. A batch route may bring its
+    own ``on_error`` policy and ``timeout`` instead of the App's (a sink retries an absent broker itself, for as
+    long as it takes, and on a source without retries stops serving rather than let a refused change pass)."""
 
     table: TableName
     ops: frozenset[str]
@@ -27,6 +38,8 @@ class Route:
     where: Predicate | None = None
     transaction: bool = False
     batch: bool = False
+    on_error: Any = APP_DEFAULT  # batch routes: an error policy (see pgchanges.runtime.ErrorPolicy)
+    timeout: float | AppDefault | None = APP_DEFAULT  # batch routes: seconds for the whole call (None: none)
     is_async: bool = field(init=False)
     name: str = field(init=False)
 
@@ -36,6 +49,8 @@ class Route:
         check_handler_arguments(self.handler, self.name, 2 if self.transaction else 1)
         if self.batch and (self.transaction or not self.is_async):
             raise ConfigError(f"batch handler {self.name} must be an async def taking the changes only")
+        if not self.batch and (self.on_error is not APP_DEFAULT or self.timeout is not APP_DEFAULT):
+            raise ConfigError(f"handler {self.name}: only batch routes take their own on_error and timeout")
 
     def accepts(self, change: Change) -> bool:
         """Whether the change is of this route's table and ops (``where`` aside)."""
@@ -93,9 +108,11 @@ class Router:
         *,
         transaction: bool = False,
         batch: bool = False,
+        on_error: Any = APP_DEFAULT,
+        timeout: float | AppDefault | None = APP_DEFAULT,
     ) -> Route:
         name = table if isinstance(table, TableName) else parse_table(table)
-        route = Route(name, normalise_ops(ops), handler, where, transaction, batch)
+        route = Route(name, normalise_ops(ops), handler, where, transaction, batch, on_error, timeout)
         (self._batch_routes if batch else self._routes).append(route)
         self._cache.clear()
         return route

@@ -30,19 +30,31 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 
 from pgchanges.change import Change
 from pgchanges.errors import HandlerFailed
 from pgchanges.plain_run import NOT_RUN, SKIPPED, Outcome, PlainRun, held_back
-from pgchanges.routing import Route, Router
+from pgchanges.routing import APP_DEFAULT, AppDefault, Route, Router
 
 log = logging.getLogger("pgchanges.app")
 
 ErrorPolicy = Literal["log", "stop"] | Callable[[Any, BaseException], Any]
-__all__ = ["NOT_RUN", "SKIPPED", "ErrorPolicy", "Outcome", "Runtime", "apply_error_policy"]
+__all__ = ["NOT_RUN", "SKIPPED", "ErrorPolicy", "Outcome", "Runtime", "RuntimeObserver", "apply_error_policy"]
+
+
+class RuntimeObserver(Protocol):
+    """What a runtime reports when observed (``Runtime.observer``; metrics, see :mod:`pgchanges.ops`): once per
+    run of changes (a batch) and per failure, never per change, so that observing costs the hot path nothing
+    measurable."""
+
+    def run_started(self) -> int: ...
+
+    def run_finished(self, token: int, changes: Sequence[Change]) -> None: ...
+
+    def handler_failed(self, handler: str) -> None: ...
 
 
 class _HandlerError(Exception):
@@ -67,7 +79,11 @@ def apply_error_policy(policy: ErrorPolicy, handler: str, subject: Any, exc: Bas
         policy(subject, exc)
         return
     what = f"change {subject.id} ({subject.op} {subject.qualified_table})" if isinstance(subject, Change) else subject
-    log.error("handler %s failed for %s: %s: %s", handler, what, type(exc).__name__, exc, exc_info=exc)
+    context = {"change_id": subject.id, "table": subject.qualified_table} if isinstance(subject, Change) else {}
+    log.error(
+        "handler %s failed for %s: %s: %s", handler, what, type(exc).__name__, exc, exc_info=exc,
+        extra={"handler": handler, **context},
+    )  # fmt: skip
     if policy == "stop":
         raise HandlerFailed(f"handler {handler} failed for {what}: {exc!r}") from exc
 
@@ -91,6 +107,7 @@ class Runtime:
         self.policy = policy
         self.handler_timeout = handler_timeout
         self.failures = 0
+        self.observer: RuntimeObserver | None = None
         # id of a routes tuple -> (the tuple, kept so that its id stays its own; whether all are plain functions)
         self._plain: dict[int, tuple[tuple[Route, ...], bool]] = {}
 
@@ -119,6 +136,18 @@ class Runtime:
     ) -> list[Outcome]:
         """Every change's handlers, in order; one outcome per change: None (handled), the exception, or SKIPPED
         (held back behind a failure of its row; only with ``keys``)."""
+        observer = self.observer
+        if observer is None:
+            return await self._run_changes(changes, tx, keys)
+        token = observer.run_started()
+        try:
+            return await self._run_changes(changes, tx, keys)
+        finally:
+            observer.run_finished(token, changes)
+
+    async def _run_changes(
+        self, changes: Sequence[Change], tx: Any, keys: Sequence[str | None] | None
+    ) -> list[Outcome]:
         batch = _Batch(changes, tx, keys, [None] * len(changes))
         position = 0
         routes_for = self.router.routes_for
@@ -272,7 +301,8 @@ class Runtime:
                 continue
             results: Sequence[Outcome] | None
             try:
-                with anyio.fail_after(self.handler_timeout):
+                timeout = self.handler_timeout if isinstance(route.timeout, AppDefault) else route.timeout
+                with anyio.fail_after(timeout):
                     results = await route.handler([changes[i] for i in picked])
             except Exception as exc:
                 results = [exc] * len(picked)
@@ -287,7 +317,7 @@ class Runtime:
             batch.outcomes[index] = exc
         if batch.keys is not None:
             batch.failed.add(batch.keys[index] or "")
-        self._failed(route.name, batch.changes[index], exc)
+        self._failed(route.name, batch.changes[index], exc, route.on_error)
 
     async def _each_route(self, change: Change, tx: Any) -> BaseException | None:
         """Every matching handler; each failure goes to the policy on its own. The first failure, if any."""
@@ -307,9 +337,11 @@ class Runtime:
             except Exception as exc:
                 raise _HandlerError(route, exc) from exc
 
-    def _failed(self, handler: str, subject: Any, exc: BaseException) -> None:
+    def _failed(self, handler: str, subject: Any, exc: BaseException, policy: Any = APP_DEFAULT) -> None:
         self.failures += 1
-        apply_error_policy(self.policy, handler, subject, exc)
+        if self.observer is not None:
+            self.observer.handler_failed(handler)
+        apply_error_policy(self.policy if policy is APP_DEFAULT else policy, handler, subject, exc)
 
 
 async def _run_route(route: Route, change: Change, tx: Any) -> None:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -38,6 +38,16 @@ log = logging.getLogger("pgchanges.app")
 Callback = Callable[[Any], Awaitable[None] | None]
 Keys = Sequence[str | None] | None
 RunChanges = Callable[[Batch, Sequence[Change], Keys], Awaitable[list[Outcome]]]
+
+
+class ServerObserver(Protocol):
+    """What a server reports when observed (metrics and readiness, :mod:`pgchanges.ops`): per batch at most."""
+
+    def serving(self, up: bool) -> None:
+        """The source opened (True) or is closing (False)."""
+
+    def settled(self) -> None:
+        """A feed acknowledged a batch: its position advanced."""
 
 
 @dataclass
@@ -59,6 +69,7 @@ class Server:
         self.runtime = runtime
         self._callbacks = callbacks
         self._stop = anyio.Event()
+        self.observer: ServerObserver | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -70,11 +81,15 @@ class Server:
             await source.open()
             log.info("listening for changes (%s) on %s", source.name, self._tables or "no tables")
             feeds = await source.feeds()
+            if self.observer is not None:
+                self.observer.serving(True)
             if source.acknowledges:
                 await self._serve_feeds(feeds, task_status)
             else:
                 await self._serve_lanes(feeds, task_status)
         finally:
+            if self.observer is not None:
+                self.observer.serving(False)
             with anyio.CancelScope(shield=True):
                 await source.close()
 
@@ -94,6 +109,8 @@ class Server:
                 for changes in batch.transactions:
                     await self._run_transaction(changes)
                 await feed.settle(batch, outcomes)
+                if self.observer is not None:
+                    self.observer.settled()
 
     async def _serve_lanes(self, feeds: Sequence[Feed], task_status: TaskStatus[None]) -> None:
         async with TableLanes(self.runtime) as lanes, anyio.create_task_group() as tg:

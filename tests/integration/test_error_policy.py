@@ -21,6 +21,7 @@ SOURCES = {
 async def test_a_raising_where_reaches_the_policy_on_every_source(dsn, db, source):
     db.execute("CREATE TABLE t (id int PRIMARY KEY)")
     failures, seen = [], []
+
     def record(change, exc):
         failures.append((change.new["id"], str(exc)))
 

@@ -32,6 +32,9 @@ ERRORS = {
     "NotInstalled",
     "DecodeError",
     "HandlerFailed",
+    "SinkError",
+    "SinkUnavailable",
+    "SinkRejected",
 }
 #: The whole public surface.
 SURFACE = {

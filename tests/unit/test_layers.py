@@ -15,7 +15,9 @@ FORBIDDEN = {
     "db": {"capture", "sources", "app", "serving", "runtime", "lanes", "routing", "stream", "cli", "periodic"},
     "capture": {"sources", "app", "serving", "runtime", "lanes", "stream", "cli"},
     "sources": {"app", "serving", "lanes", "stream", "cli", "periodic"},
-    "runtime": {"sources", "capture", "db", "app", "serving", "stream", "cli"},
+    "runtime": {"sources", "capture", "db", "app", "serving", "stream", "cli", "ops", "sinks", "forwarding"},
+    "ops": {"app", "serving", "stream", "cli", "forwarding", "sinks", "standby"},
+    "sinks": {"db", "capture", "app", "serving", "stream", "cli", "forwarding", "standby", "periodic"},
 }
 
 

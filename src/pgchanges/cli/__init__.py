@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 import psycopg
 
 from pgchanges import conninfo as ci
-from pgchanges.cli import capture_commands, outbox_commands, stream_commands
+from pgchanges.cli import capture_commands, forward_commands, outbox_commands, stream_commands
 from pgchanges.errors import PgChangesError
+from pgchanges.ops import logs
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
-COMMAND_GROUPS = (capture_commands, stream_commands, outbox_commands)
+COMMAND_GROUPS = (capture_commands, stream_commands, outbox_commands, forward_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,15 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(verbosity: int) -> None:
+def _configure_logging(verbosity: int, fmt: str = "text", dsn: str | None = None) -> None:
     level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for given in (dsn, os.environ.get("DATABASE_URL")):
+        if given:
+            logs.forget(given)  # its password is scrubbed from every line, whatever logs it
+    logs.configure(level, fmt, sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose, getattr(args, "log_format", "text"), getattr(args, "dsn", None))
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
+from pgchanges import standby
 from pgchanges.capture import ddl as ddl_capture
 from pgchanges.capture import install as capture
 from pgchanges.capture import logical_admin, outbox_admin
@@ -12,6 +14,7 @@ from pgchanges.cli.common import add_common, conninfo_of
 from pgchanges.db.connect import connect
 from pgchanges.errors import ConfigError
 from pgchanges.names import parse_table
+from pgchanges.ops import status as ops_status
 from pgchanges.sources import poll_state
 
 
@@ -41,8 +44,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("tables", nargs="*", metavar="TABLE")
     p.set_defaults(func=cmd_uninstall)
 
-    p = sub.add_parser("status", help="show what is captured")
+    p = sub.add_parser("status", help="show what is captured, backlogs, lag, slots and who holds them")
     add_common(p)
+    p.add_argument("--format", default="text", choices=("text", "json"), help="json: one object, for scripts")
     p.set_defaults(func=cmd_status)
 
 
@@ -89,12 +93,18 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.format == "json":
+        with connect(conninfo_of(args)) as conn:
+            print(json.dumps(ops_status.gather(conn), default=str))
+        return 0
     with connect(conninfo_of(args)) as conn:
+        slots = ops_status.slot_rows(conn)
         found = capture.captures(conn)
         rules = capture.rules(conn)
         following = ddl_capture.ddl_installed(conn)
         consumers = outbox_admin.consumer_status(conn) if found else []
         polling = poll_state.list_states(conn)
+        forwarders = standby.holders(conn)
     if rules:
         how = "by the DDL event trigger" if following else "by consumers, every few seconds (install --ddl: at once)"
         print(f"capture rules (new and renamed tables are followed {how})")
@@ -111,11 +121,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     if consumers:
         print()
         print(outbox_admin.format_status(consumers))
+    if slots:
+        print()
+        print(ops_status.format_slots(slots))
     if polling:
         print()
         print(f"{'polling consumer':<20} {'table':<32} {'watermark':<40} saved")
         for consumer, table, position, saved in polling:
             print(f"{consumer:<20} {table:<32} {position:<40} {saved:%Y-%m-%d %H:%M:%S}")
+    if forwarders:
+        print()
+        print(standby.format_holders(forwarders))
     return 0
 
 

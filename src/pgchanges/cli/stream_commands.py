@@ -14,7 +14,7 @@ import anyio
 
 from pgchanges import conninfo as ci
 from pgchanges.app import App
-from pgchanges.cli.common import add_common, conninfo_of
+from pgchanges.cli.common import add_common, add_ops_arguments, conninfo_of
 from pgchanges.display import format_change
 from pgchanges.errors import ConfigError
 from pgchanges.sources.factory import SOURCES
@@ -46,12 +46,14 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--state-file", help="polling: keep the watermark in this file (default: a table, else a file)")
     p.add_argument("--from-now", action="store_true", help="polling: a new consumer skips existing rows")
+    add_ops_arguments(p)
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("run", help="run an App: pgchanges run package.module:app")
     add_common(p)
     p.add_argument("target", metavar="MODULE:APP")
     p.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
+    add_ops_arguments(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="embedded PostgreSQL, a demo table, writes, and the changes on screen")
@@ -76,9 +78,20 @@ def cmd_tail(args: argparse.Namespace) -> int:
         count=args.count,
         auto_install=not args.no_install,
         options=_tail_options(args),
+        ops_config=ops_config_of(args),
     )
     anyio.run(tail)
     return 0
+
+
+def ops_config_of(args: argparse.Namespace) -> Any:
+    """The operator endpoint's settings from ``--http`` (None without it); the ops extra is checked here."""
+    if not getattr(args, "http", None):
+        return None
+    from pgchanges.ops.service import OpsConfig, parse_size, require_extra  # noqa: PLC0415 - the optional extra
+
+    require_extra()
+    return OpsConfig(args.http, stall_after=args.stall_after, max_retained_bytes=parse_size(args.max_retained))
 
 
 def _tail_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,30 +131,52 @@ async def _tail(
     auto_install: bool,
     options: dict[str, Any],
     on_ready: Callable[[], Any] | None = None,
+    ops_config: Any = None,
 ) -> None:
-    seen = 0
     async with stream(conninfo, tables=tables, source=source, ops=ops, auto_install=auto_install, **options) as changes:
         if on_ready:
             on_ready()
         what = ", ".join(tables) or "schema changes"
         print(f"-- tailing {what} ({source}); Ctrl-C to stop", file=sys.stderr, flush=True)
-        async for change in changes:
-            if change.op == "gap":
-                print(format_change(change), file=sys.stderr, flush=True)
-                if fmt == "text":
-                    continue
-            line = change.to_json() if fmt == "json" else format_change(change)
-            print(line, flush=True)
-            await changes.ack(change)
-            seen += 1
-            if count is not None and seen >= count:
-                return
+        if ops_config is None:
+            await _print_changes(changes, fmt=fmt, count=count)
+            return
+        from pgchanges.ops.service import Ops  # noqa: PLC0415 - the optional extra
+
+        endpoint = Ops(conninfo, ops_config, consumer=options.get("consumer") if source == "outbox" else None)
+        observer = endpoint.attach_stream(changes.source)
+        async with anyio.create_task_group() as tg:
+            await tg.start(endpoint.run)
+            await _print_changes(changes, fmt=fmt, count=count, observer=observer)
+            tg.cancel_scope.cancel()
+
+
+async def _print_changes(changes: Any, *, fmt: str, count: int | None, observer: Any = None) -> None:
+    """Print (and acknowledge) each change; with an ``observer`` (``--http``), report each to it."""
+    seen = 0
+    async for change in changes:
+        if change.op == "gap":
+            print(format_change(change), file=sys.stderr, flush=True)
+            if fmt == "text":
+                continue
+        token = None if observer is None else observer.run_started()
+        line = change.to_json() if fmt == "json" else format_change(change)
+        print(line, flush=True)
+        await changes.ack(change)
+        if observer is not None:
+            observer.run_finished(token, [change])
+            observer.settled()
+        seen += 1
+        if count is not None and seen >= count:
+            return
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     app = load_app(args.target)
     if args.dsn:  # overrides the DSN the module gave its App
         app.conninfo = ci.resolve(args.dsn)
+    if args.http:
+        app.enable_ops(args.http, stall_after=args.stall_after, max_retained=args.max_retained)
     app.run(backend=args.backend)
     return 0
 

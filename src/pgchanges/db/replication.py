@@ -9,6 +9,7 @@ standby status updates (``r``) go back with ``put_copy_data``. We wait for the s
 from __future__ import annotations
 
 import re
+import select
 import struct
 import time
 from dataclasses import dataclass
@@ -46,6 +47,17 @@ def check_slot_name(name: str) -> str:
     if not SLOT_NAME.match(name):
         raise ConfigError(f"replication slot name {name!r} may only hold a-z, 0-9 and _ (at most 63)")
     return name
+
+
+#: A read takes what is in the socket too, up to about this many messages (a full batch, not one recv's worth).
+READ_AT_MOST = 1000
+
+
+def _readable_now(pgconn: Any) -> bool:
+    try:
+        return bool(select.select([pgconn.socket], [], [], 0)[0])
+    except (OSError, ValueError, psycopg.OperationalError):
+        return False
 
 
 class ReplicationStream:
@@ -129,8 +141,11 @@ class ReplicationStream:
                 raise ReplicationLost("the server ended the replication stream")
             if size == -2:
                 raise ReplicationLost(pgconn.get_error_message().strip())
-            if out:
+            if out and (len(out) >= READ_AT_MOST or not _readable_now(pgconn)):
                 return out
+            if out:  # more is waiting in the socket: take it into this read (one wake-up, one batch)
+                pgconn.consume_input()
+                continue
             await receive_input(pgconn, ReplicationLost, "replication connection lost")
 
     def send_status(self, flushed_lsn: int, *, reply: bool = False) -> None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import operator
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -36,13 +38,16 @@ from pgchanges.capture.logical_admin import (
     remember,
     slot_exists,
 )
+from pgchanges.capture.queries import fetch_one
 from pgchanges.change import Change
 from pgchanges.db.connect import close_async, connect_async
-from pgchanges.db.threaded import ThreadedConnection
 from pgchanges.db.replication import Keepalive, ReplicationStream, XLogData, check_slot_name
+from pgchanges.db.threaded import ThreadedConnection
 from pgchanges.errors import CaptureError, ConnectError, ReplicationLost
 from pgchanges.names import TableName
-from pgchanges.pgoutput import Relation
+from pgchanges.ops.figures import SourceFigures
+from pgchanges.ops.progress import Progress, table_estimates
+from pgchanges.pgoutput import Relation, lsn_to_str
 from pgchanges.plain_run import Outcome
 from pgchanges.rowtypes import fetch_type_info, text_converter
 from pgchanges.sources import logical_setup as setup
@@ -69,6 +74,8 @@ log = logging.getLogger(__name__)
 STATUS_INTERVAL_SECONDS = 10.0
 USER_TYPE_OIDS = 10_000  # oids from here on are user-defined types (domains, enums, arrays of them)
 CONNECTION_LOST: tuple[type[Exception], ...] = (ReplicationLost, ConnectError, psycopg.OperationalError)
+HEARTBEAT_PREFIX = "pgchanges.heartbeat"  # the prefix of the heartbeat messages (ops_emit_heartbeat)
+_OP = operator.itemgetter(1)
 
 
 class LogicalSource:
@@ -107,7 +114,7 @@ class LogicalSource:
             retained_warning_bytes=options.retained_warning_bytes,
         )
         self._backoff = options.backoff
-        # the control connection (setup, type lookups, snapshot progress): opened again when broken
+        # the control connection (setup, type lookups, snapshot progress, heartbeats): opened again when broken
         self._control = ThreadedConnection(conninfo, what="the logical source's control connection")
         self._stream = ReplicationStream(conninfo)
         # what the stream made and what the slot may confirm; whole transactions kept for their handlers
@@ -119,6 +126,13 @@ class LogicalSource:
         self._snapshot_name: str | None = None  # exported with the slot; None: read a fresh snapshot
         self._snapshot_position = ""
         self._snapshot_tally = snapshot_mod.SnapshotTally()
+        self.figures = SourceFigures()  # progress, lag and heartbeats, for metrics and readiness (pgchanges.ops)
+        self._heartbeat = options.heartbeat or None
+        # time.monotonic() of the next heartbeat: the first comes one interval after the start (an earlier one
+        # would be read by a stream consumer that then pauses, leaving the server's shutdown to wait for the
+        # reply to the keepalive after it)
+        self._heartbeat_due = time.monotonic() + (self._heartbeat or 0.0)
+        self._heartbeat_mark = f"{self.slot} ".encode()
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -164,6 +178,15 @@ class LogicalSource:
     async def feeds(self) -> Sequence[Feed]:
         return [_LogicalFeed(self)]
 
+    def connection_states(self) -> dict[str, bool]:
+        """Whether the replication and control connections are open (the ``pgchanges_connected`` metric)."""
+        try:
+            stream: psycopg.Connection[Any] | None = self._stream.connection
+        except ReplicationLost:
+            stream = None
+        return {name: conn is not None and not conn.closed and not conn.broken
+                for name, conn in (("replication", stream), ("control", self._control.connection))}  # fmt: skip
+
     # -- the initial snapshot ------------------------------------------------------------------------------
 
     async def _snapshot_batches(self) -> AsyncGenerator[list[Event], None]:
@@ -172,12 +195,15 @@ class LogicalSource:
         tally = self._snapshot_tally
         try:
             await anyio.to_thread.run_sync(self._begin_snapshot, reader)
+            estimates = await self._on_control(table_estimates, [item.oid for item in self._snapshot_plan])
             for item in self._snapshot_plan:
                 tally.start(item.oid)
                 pages = snapshot_mod.read_pages(reader, item)
-                while (page := await anyio.to_thread.run_sync(next, pages, None)) is not None:
-                    tally.handed_on(item.oid, len(page))
-                    yield [snapshot_mod.to_change(self.slot, item, row, self._snapshot_position) for row in page]
+                with Progress(f"snapshot {item.table}", total=estimates.get(item.oid)) as progress:
+                    while (page := await anyio.to_thread.run_sync(next, pages, None)) is not None:
+                        tally.handed_on(item.oid, len(page))
+                        yield [snapshot_mod.to_change(self.slot, item, row, self._snapshot_position) for row in page]
+                        progress.advance(len(page))
                 tally.read_to_the_end(item.oid)
                 await self._record_snapshot(item.oid, None)
             await anyio.to_thread.run_sync(reader.commit)
@@ -208,10 +234,17 @@ class LogicalSource:
         stopper = self._stopper
         while not stopper.stopping:
             try:
-                messages = await stopper.wait(self._stream.read())
-                if messages is None or stopper.stopping:
+                await self._heartbeat_if_due()
+                messages = None
+                with anyio.move_on_after(self._heartbeat_due - time.monotonic() if self._heartbeat else math.inf):
+                    messages = await stopper.wait(self._stream.read())  # cancelled only while nothing was read
+                if stopper.stopping:
                     return
+                if messages is None:  # the heartbeat is due: write it, then read on
+                    continue
                 changes = await self._handle(messages)
+                if changes and "message" in map(_OP, changes):
+                    changes = self._without_heartbeats(changes)
             except CONNECTION_LOST as exc:
                 log.warning("replication connection lost (%s); reconnecting", " ".join(str(exc).split()))
                 if not await self._reconnect():
@@ -224,6 +257,43 @@ class LogicalSource:
                     return  # the rest of the read comes again: it is not acknowledged
                 yield cast(list[Event], batch)
             self._maybe_send_status()
+
+    async def _heartbeat_if_due(self) -> None:
+        """Write a heartbeat to the WAL when one is due: it comes back through the stream however quiet the
+        tables are, which measures the lag and lets the slot's position move on (see ``_without_heartbeats``)."""
+        if self._heartbeat is None or time.monotonic() < self._heartbeat_due:
+            return
+        self._heartbeat_due = time.monotonic() + self._heartbeat
+        content = self._heartbeat_mark + f"{time.time():.6f}".encode()
+        try:
+            # not opened again here: a heartbeat is not worth holding up the read loop for a reconnect (the
+            # next lookup, or the stream's own reconnect, opens a broken control connection again)
+            await self._control.call(_emit_heartbeat, content)
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
+            self._heartbeat = None
+            log.warning("heartbeats are off: %s", " ".join(str(exc).split()))
+            return
+        except (psycopg.Error, ConnectError) as exc:
+            log.warning("writing a heartbeat failed (%s); the next one is tried in %gs", exc, self._heartbeat)
+            return
+        self.figures.heartbeat_sent()
+
+    def _without_heartbeats(self, changes: list[Change]) -> list[Change]:
+        """``changes`` without the heartbeat messages (of any pgchanges consumer); ours give the lag."""
+        kept: list[Change] = []
+        mark = self._heartbeat_mark
+        for change in changes:
+            extra = change.extra
+            if change.op != "message" or extra is None or extra.get("prefix") != HEARTBEAT_PREFIX:
+                kept.append(change)
+                continue
+            content = bytes(extra.get("content") or b"")
+            if content.startswith(mark):
+                with contextlib.suppress(ValueError):
+                    self.figures.heartbeat_seen(time.time() - float(content[len(mark) :]))
+                if not self.tracker.in_flight:
+                    self.figures.advanced()
+        return kept
 
     async def _reconnect(self) -> bool:
         """Open the stream again, with backoff; False when stopped first."""
@@ -280,6 +350,8 @@ class LogicalSource:
 
     def _send_status(self) -> None:
         self._last_status = time.monotonic()
+        if self.tracker.flushed != self._last_sent:
+            self.figures.advanced(lsn_to_str(self.tracker.flushed))
         self._last_sent = self.tracker.flushed
         self.tracker.reply_requested = False
         self._stream.send_status(self._last_sent)
@@ -309,3 +381,7 @@ class _LogicalFeed:
         for txn in batch.token:
             self._source.tracker.transaction_returned(txn)
         await self._source.ack([e for e in batch.events if isinstance(e, Change)])
+
+
+def _emit_heartbeat(conn: psycopg.Connection[Any], content: bytes) -> None:
+    fetch_one(conn, "ops_emit_heartbeat", {"content": content})

@@ -20,6 +20,7 @@ from pgchanges.sources.base import Backoff
 SOURCES = ("notify", "outbox", "logical", "polling")
 SPILL_RETENTION_SECONDS = 3600.0
 RETAINED_WARNING_BYTES = 1 << 30
+HEARTBEAT_SECONDS = 10.0
 DEFAULT_BACKOFF = Backoff()  # immutable, shared
 DEFAULT_RETRY = RetryPolicy()
 
@@ -57,7 +58,8 @@ class OutboxOptions:
 
 @dataclass(frozen=True)
 class LogicalOptions:
-    """``slot``: the replication slot (None: a temporary one); ``snapshot``: deliver existing rows first."""
+    """``slot``: the replication slot (None: a temporary one); ``snapshot``: deliver existing rows first;
+    ``heartbeat``: seconds between the heartbeat messages written to the WAL (None or 0: none)."""
 
     slot: str | None = None
     publication: str | None = None
@@ -66,6 +68,11 @@ class LogicalOptions:
     backoff: Backoff = DEFAULT_BACKOFF
     retained_warning_bytes: int = RETAINED_WARNING_BYTES
     snapshot: bool = False
+    heartbeat: float | None = HEARTBEAT_SECONDS
+
+    def __post_init__(self) -> None:
+        if self.heartbeat is not None and self.heartbeat < 0:
+            raise ConfigError(f"heartbeat must be seconds (or None for none), not {self.heartbeat}")
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from pgchanges.capture.queries import fetch_one
 from pgchanges.change import Change
 from pgchanges.errors import ConfigError, ConnectError, PermissionDenied
 from pgchanges.names import TableName
+from pgchanges.ops.figures import SourceFigures, watermark_lag
 from pgchanges.sources.base import (
     CONNECTION_ERRORS,
     Event,
@@ -102,11 +103,17 @@ class PollingSource:
         self._unsaved: dict[str, TableState] = {}  # acknowledged, not saved yet (the newest state per table)
         self._file_failing = False
         self._stopper = Stopper()
+        self.figures = SourceFigures()  # progress, for metrics and readiness (pgchanges.ops)
 
     @property
     def state_location(self) -> str:
         """Where the watermarks are kept (a table or a file)."""
         return self._store.where if self._store is not None else "not open"
+
+    def watermark_lag(self) -> float | None:
+        """Now minus the oldest watermark of a date/time column, in seconds (``pgchanges_lag_seconds``)."""
+        lags = [watermark_lag(s.position[0]) for s in list(self._states.values()) if s.position]
+        return max((lag for lag in lags if lag is not None), default=None)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
@@ -238,6 +245,7 @@ class PollingSource:
         fresh = [(c.id, json.loads(str(c.position))) for c in changes if not c.extra]
         self._pending.setdefault(key, deque()).append(Poll(state, late, fresh))
         if not changes:
+            self.figures.advanced()  # this table is caught up
             self._save_acknowledged(key)
         return changes, full
 

@@ -16,6 +16,7 @@ from pgchanges.capture import install as capture
 from pgchanges.change import Change
 from pgchanges.errors import ConfigError
 from pgchanges.names import TableName
+from pgchanges.ops.figures import SourceFigures
 from pgchanges.sources.base import RETRIES, TRANSACTION, Event, Feed, Stopper, require_tables
 from pgchanges.sources.options import OutboxOptions
 from pgchanges.sources.outbox.store import OutboxStore
@@ -48,6 +49,11 @@ class OutboxSource:
         self._stopper = Stopper()
         self._workers: list[LaneWorker] = []
         self._stream: StreamReader | None = None
+        self.figures = SourceFigures()  # progress, for metrics and readiness (pgchanges.ops)
+
+    def connection_states(self) -> dict[str, bool]:
+        """Whether each worker's connection (and LISTEN connection) is open: ``pgchanges_connected``."""
+        return {f"worker-{i}": worker.connected for i, worker in enumerate(self._workers)}
 
     @property
     def lanes(self) -> int:
@@ -94,6 +100,7 @@ class OutboxSource:
             poll_interval=options.poll_interval,
             backoff=options.backoff,
             stopper=self._stopper,
+            figures=self.figures,
         )
 
     async def close(self) -> None:

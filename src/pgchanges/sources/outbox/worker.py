@@ -24,6 +24,7 @@ import psycopg
 from pgchanges.db.listener import Listener
 from pgchanges.db.threaded import ThreadedConnection
 from pgchanges.errors import ConnectError, ConnectionLost
+from pgchanges.ops.figures import SourceFigures
 from pgchanges.plain_run import Outcome
 from pgchanges.retry import RetryPolicy
 from pgchanges.sources.base import Backoff, Batch, Stopper, reconnect_with_backoff
@@ -57,7 +58,9 @@ class LaneWorker:
         poll_interval: float,
         backoff: Backoff,
         stopper: Stopper,
+        figures: SourceFigures | None = None,
     ) -> None:
+        self.figures = figures if figures is not None else SourceFigures()  # shared by a source's workers
         self.conn = ThreadedConnection(conninfo, setup=claim_connection, what="the outbox worker's connection")
         self.listener = Listener(conninfo, [WAKE_CHANNEL])
         self.store = store
@@ -95,6 +98,7 @@ class LaneWorker:
                 self._lost_connection(exc)
                 continue
             if claim is None:
+                self.figures.advanced()  # nothing to claim: caught up (what is parked waits for its time)
                 idle += 1
                 await self._wait(idle)
                 continue
@@ -133,6 +137,10 @@ class LaneWorker:
                 self._looked_after_finish = self._next_claim is None
         except LOST as exc:  # not acknowledged: the server rolls the claim back, and the batch comes again
             self._lost_connection(exc)
+
+    @property
+    def connected(self) -> bool:
+        return not self._lost and self.conn.usable and self.listener.backend_pid is not None
 
     def _lost_connection(self, exc: BaseException) -> None:
         self._next_claim, self._looked_after_finish = None, False  # its transaction went with the connection
