@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -74,12 +74,14 @@ def install(
     *,
     publication: str = "",
     replica_identity_full: bool = False,
+    progress: ProgressReport | None = None,
 ) -> list[TableName]:
     """Install the schema (migrating it if needed), a capture rule per name or pattern, and follow them.
 
     Exact names must exist now; patterns (``public.*``) also capture tables created later (at once with the
     DDL event trigger, else when a consumer next follows the schema). ``publication`` names the publication
     of a logical rule. Returns the tables whose capture was newly installed. ``conn`` must be in autocommit.
+    With ``progress``, tables are followed one by one and counted there (else in one statement).
     """
     if source not in SOURCES:
         raise CaptureError(f"unknown source {source!r}; capture sources are {', '.join(SOURCES)}")
@@ -95,7 +97,10 @@ def install(
                     table_oid(conn, table)
                 _add_rule(conn, table, source, publication, replica_identity_full)
             before = {c.table_oid for c in captures(conn) if c.source == source}
-            follow_all(conn)
+            if progress is None:
+                follow_all(conn)
+            else:
+                _follow_each(conn, progress)
             return [c.table for c in captures(conn) if c.source == source and c.table_oid not in before]
     except pg_errors.InsufficientPrivilege as exc:
         raise PermissionDenied(_privilege_hint(exc, wanted)) from None
@@ -114,6 +119,23 @@ def _add_rule(
         "replica_identity_full": replica_identity_full,
     }
     run(conn, "add_capture_rule", params)
+
+
+class ProgressReport(Protocol):
+    """What long work reports its progress to (``pgchanges.ops.progress.Progress`` is one)."""
+
+    def set_total(self, total: float | None) -> None: ...
+
+    def advance(self, count: float) -> None: ...
+
+
+def _follow_each(conn: psycopg.Connection[Any], progress: ProgressReport) -> None:
+    """What :func:`follow_all` does, one table per statement, each counted in ``progress``."""
+    candidates = [int(r.table_oid) for r in fetch_all(conn, "follow_candidates")]
+    progress.set_total(len(candidates))
+    for oid in candidates:
+        run(conn, "follow_table", {"table_oid": oid})
+        progress.advance(1)
 
 
 def follow_all(conn: psycopg.Connection[Any]) -> list[int]:

@@ -12,9 +12,12 @@ from typing import Any
 
 import psycopg
 
-from pgchanges.capture.install import relation_exists
+from pgchanges.capture.install import ProgressReport, relation_exists
 from pgchanges.capture.queries import fetch_all, fetch_one, query
 from pgchanges.errors import ConfigError
+
+#: Replay queues events in pieces of this many ids (one statement each, in one transaction).
+REPLAY_PIECE_IDS = 10_000
 
 
 def _outbox_installed(conn: psycopg.Connection[Any]) -> bool:
@@ -85,8 +88,9 @@ def drop_dead_letters(conn: psycopg.Connection[Any], consumer: str, ids: list[in
         return [r.event_id for r in fetch_all(conn, "drop_dead_letters", {"consumer": consumer, "ids": ids})]
 
 
-def replay(conn: psycopg.Connection[Any], consumer: str, since: str) -> int:
-    """Queue again every retained event of ``consumer``'s tables from ``since`` (an event id or a time)."""
+def replay(conn: psycopg.Connection[Any], consumer: str, since: str, *, progress: ProgressReport | None = None) -> int:
+    """Queue again every retained event of ``consumer``'s tables from ``since`` (an event id or a time);
+    ``progress`` is told the total and each piece done."""
     since_id: int | None = None
     since_time: datetime | None = None
     if since.isdigit():
@@ -100,6 +104,18 @@ def replay(conn: psycopg.Connection[Any], consumer: str, since: str) -> int:
         raise ConfigError("the outbox is not installed here (pgchanges install TABLE --source outbox)")
     if not fetch_one(conn, "outbox_consumer_exists", {"consumer": consumer}).present:
         raise ConfigError(f"no outbox consumer named {consumer!r}")
-    with conn.transaction():
-        cursor = conn.execute(query("replay"), {"consumer": consumer, "since_id": since_id, "since_time": since_time})
-        return cursor.rowcount
+    params: dict[str, Any] = {"consumer": consumer, "since_id": since_id, "since_time": since_time}
+    with conn.transaction():  # all or nothing, in pieces of ids so that progress can be shown
+        span = fetch_one(conn, "replay_range", params)
+        if progress is not None:
+            progress.set_total(span.events)
+        queued = 0
+        start = span.first_id
+        while start is not None and start <= span.last_id:
+            piece = {**params, "since_id": start, "below_id": start + REPLAY_PIECE_IDS}
+            count = conn.execute(query("replay"), piece).rowcount
+            queued += count
+            if progress is not None:
+                progress.advance(count)
+            start += REPLAY_PIECE_IDS
+        return queued

@@ -15,6 +15,7 @@ from pgchanges.db.connect import connect
 from pgchanges.errors import ConfigError
 from pgchanges.names import parse_table
 from pgchanges.ops import status as ops_status
+from pgchanges.ops.progress import Progress
 from pgchanges.sources import poll_state
 
 
@@ -69,7 +70,8 @@ def cmd_install(args: argparse.Namespace) -> int:
         )
         return 0
     with connect(conninfo_of(args)) as conn:
-        added = capture.install(conn, tables, args.source)
+        with Progress(f"install {args.source}", unit="tables") as progress:
+            added = capture.install(conn, tables, args.source, progress=progress)
         now = {str(name): [str(t) for t, _ in capture.resolve(conn, [name])] for name in tables if name.is_pattern}
     for table in tables:
         if table.is_pattern:

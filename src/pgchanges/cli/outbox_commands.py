@@ -9,6 +9,7 @@ from pgchanges.capture import outbox_admin
 from pgchanges.cli.common import add_common, conninfo_of
 from pgchanges.db.connect import connect
 from pgchanges.errors import ConfigError
+from pgchanges.ops.progress import Progress
 
 
 def add_commands(sub: Any) -> None:
@@ -48,7 +49,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    with connect(conninfo_of(args)) as conn:
-        count = outbox_admin.replay(conn, args.consumer, args.since)
+    with connect(conninfo_of(args)) as conn, Progress(f"replay {args.consumer}", unit="events") as progress:
+        count = outbox_admin.replay(conn, args.consumer, args.since, progress=progress)
     print(f"{count} event(s) queued again for {args.consumer}")
     return 0

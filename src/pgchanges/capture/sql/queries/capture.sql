@@ -107,3 +107,15 @@ DROP TRIGGER IF EXISTS {trigger} ON {table}
 
 -- name: uninstall_drop_schema
 DROP SCHEMA pgchanges CASCADE
+
+-- name: follow_candidates
+-- The tables follow_all_v1() looks at (0006): those a rule matches, and those captured now.
+SELECT c.oid AS table_oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND EXISTS (
+    SELECT 1 FROM pgchanges.capture_rules r WHERE n.nspname LIKE r.schema_like AND c.relname LIKE r.table_like)
+UNION
+SELECT k.table_oid FROM pgchanges.captures k
+ORDER BY 1
+
+-- name: follow_table
+SELECT pgchanges.follow_table_v1(%(table_oid)s) AS changed

@@ -256,8 +256,17 @@ WHERE c.name = %(consumer)s
   AND (pg_visible_in_snapshot(v.xid, c.cut_snapshot)  -- later events are still to be cut, but for the pieces
        OR (v.id <= c.pending_after AND pg_visible_in_snapshot(v.xid, c.pending_snapshot)))  -- cut so far
   AND (%(since_id)s::bigint IS NULL OR v.id >= %(since_id)s)
+  AND (%(below_id)s::bigint IS NULL OR v.id < %(below_id)s)  -- one piece of the ids, for progress
   AND (%(since_time)s::timestamptz IS NULL OR v.created_at >= %(since_time)s)
 ON CONFLICT (consumer, event_id) DO UPDATE SET attempts = 0, run_at = '-infinity', last_error = NULL
+
+-- name: replay_range
+-- The ids replay goes through, in pieces (the events of the consumer's tables from since_id / since_time).
+SELECT min(v.id) AS first_id, max(v.id) AS last_id, count(*) AS events
+FROM pgchanges.consumers c JOIN pgchanges.events_named v ON v.table_oid = ANY (c.table_oids)
+WHERE c.name = %(consumer)s
+  AND (%(since_id)s::bigint IS NULL OR v.id >= %(since_id)s)
+  AND (%(since_time)s::timestamptz IS NULL OR v.created_at >= %(since_time)s)
 
 -- name: retry_dead_letters
 WITH revived AS (
