@@ -6,13 +6,13 @@ options into a :class:`NatsOptions`; a misspelt one is a ConfigError listing the
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from pgchanges.errors import ConfigError
+from pgchanges.sources.options import checked_options
 
 DEFAULT_WINDOW = 1000
 
@@ -95,11 +95,5 @@ def scheme_of(url: str) -> str:
 
 def sink_options(url: str, given: Mapping[str, Any]) -> SinkOptions:
     """The options of the sink for ``url``; unknown ones are a ConfigError naming the valid ones."""
-    cls = KINDS[scheme_of(url)]
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(given) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) for a {scheme_of(url)} sink: {', '.join(unknown)}; valid options: {', '.join(valid)}"
-        )
-    return cls(**{k: v for k, v in given.items() if v is not None})  # None: the default
+    scheme = scheme_of(url)
+    return checked_options(KINDS[scheme], given, f"a {scheme} sink", none_is_default=True)

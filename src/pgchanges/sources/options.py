@@ -11,12 +11,13 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pgchanges.errors import ConfigError
 from pgchanges.retry import RetryPolicy
 from pgchanges.sources.base import Backoff
 
+T = TypeVar("T")
 SOURCES = ("notify", "outbox", "logical", "polling")
 SPILL_RETENTION_SECONDS = 3600.0
 RETAINED_WARNING_BYTES = 1 << 30
@@ -108,10 +109,14 @@ def options_for(kind: str, given: Mapping[str, Any]) -> SourceOptions:
     cls = _KINDS.get(kind)
     if cls is None:
         raise ConfigError(f"unknown source {kind!r}; available: {', '.join(SOURCES)}")
-    valid = [f.name for f in dataclasses.fields(cls)]
+    return checked_options(cls, given, f"source={kind!r}")
+
+
+def checked_options(cls: type[T], given: Mapping[str, Any], what: str, *, none_is_default: bool = False) -> T:
+    """``cls(**given)`` for an options dataclass; an unknown option is a ConfigError listing the valid ones.
+    With ``none_is_default``, an option given as None keeps its default."""
+    valid = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = sorted(set(given) - set(valid))
     if unknown:
-        raise ConfigError(
-            f"unknown option(s) for source={kind!r}: {', '.join(unknown)}; valid options: {', '.join(valid)}"
-        )
-    return cls(**given)
+        raise ConfigError(f"unknown option(s) for {what}: {', '.join(unknown)}; valid options: {', '.join(valid)}")
+    return cls(**{k: v for k, v in given.items() if v is not None or not none_is_default})
