@@ -52,6 +52,21 @@ def fetch_all(conn: psycopg.Connection[Any], name: str, params: Any = None) -> l
         return cursor.execute(query(name), params).fetchall()
 
 
+class Columns:
+    """The positions of a result's columns, by name, read from the cursor once per statement.
+
+    For the hot paths: rows stay the plain tuples psycopg builds in C (a named-tuple row costs a Python call
+    per row) and are still read by name, as ``row[columns.event_id]``.
+    """
+
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        for index, column in enumerate(cursor.description or ()):
+            self.__dict__[column.name] = index
+
+    def __getattr__(self, name: str) -> int:
+        raise AttributeError(f"the result has no column {name!r}")
+
+
 def run(conn: psycopg.Connection[Any], name: str, params: Any = None) -> None:
     """Execute query ``name`` for its effect."""
     conn.execute(query(name), params)

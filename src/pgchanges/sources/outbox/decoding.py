@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 
+from pgchanges.capture.queries import Columns
 from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.rowtypes import RowType, fetch_row_types
 from pgchanges.sources.outbox.claims import Claimed
@@ -30,22 +31,30 @@ class EventDecoder:
         self._forgetters: dict[int, Callable[[], None]] = {}
         self._first_attempt = freeze({"attempt": 1, "consumer": consumer})
 
-    def learn_types(self, conn: psycopg.Connection[Any], rows: Sequence[Any]) -> None:
+    def learn_types(self, conn: psycopg.Connection[Any], rows: Sequence[Any], col: Columns) -> None:
         """Read the column types of the tables of ``rows`` not known yet (in the caller's transaction)."""
-        unknown = {int(r.table_oid) for r in rows if int(r.table_oid) not in self._row_types}
+        oid_at, known = col.table_oid, self._row_types
+        unknown = {int(r[oid_at]) for r in rows if int(r[oid_at]) not in known}
         if unknown:
             self._row_types.update(fetch_row_types(conn, unknown))
 
-    def claimed(self, row: Any, attempts: int, last_error: str | None, *, parked: bool, blocked: bool) -> Claimed:
-        """The event of ``row`` (columns event_id, row_key, xid, table_oid, schema_name, table_name, op,
+    def claimed(
+        self, row: Any, col: Columns, attempts: int, last_error: str | None, *, parked: bool, blocked: bool
+    ) -> Claimed:
+        """The event of ``row`` (columns ``col``: event_id, row_key, xid, table_oid, schema_name, table_name, op,
         new_row, old_row) on its attempt ``attempts + 1``."""
         return Claimed(
-            int(row.event_id), row.row_key, attempts, parked, blocked, self._change(row, attempts, last_error)
+            int(row[col.event_id]),
+            row[col.row_key],
+            attempts,
+            parked,
+            blocked,
+            self._change(row, col, attempts, last_error),
         )
 
-    def _change(self, row: Any, attempts: int, last_error: str | None) -> Change:
-        oid = int(row.table_oid)
-        event_id = int(row.event_id)
+    def _change(self, row: Any, col: Columns, attempts: int, last_error: str | None) -> Change:
+        oid = int(row[col.table_oid])
+        event_id = int(row[col.event_id])
         if attempts == 0 and not last_error:
             extra = self._first_attempt  # one shared read-only mapping: most events are on their first attempt
         else:
@@ -53,31 +62,32 @@ class EventDecoder:
             if last_error:
                 details["last_error"] = last_error
             extra = freeze(details)
-        op = row.op
+        op = row[col.op]
         if op == "insert" or op == "delete":  # noqa: PLR1714 - one row: parsed and typed when first read
-            lazy = LazyJsonRow(row.new_row or row.old_row, self._row_types.get(oid), self._forgetter(oid))
+            lazy = LazyJsonRow(row[col.new_row] or row[col.old_row], self._row_types.get(oid), self._forgetter(oid))
+            # positional, in field order: built per event on the hot path, where keywords cost twice the time
             return Change(
-                id=f"outbox:{event_id}",
-                op=op,
-                schema=row.schema_name,
-                table=row.table_name,
-                new=lazy if op == "insert" else None,
-                old=lazy if op == "delete" else None,
-                changed=EMPTY,
-                xid=row.xid,
-                commit_time=None,
-                position=event_id,
-                source=SOURCE,
-                extra=extra,
+                f"outbox:{event_id}",  # id
+                op,
+                row[col.schema_name],
+                row[col.table_name],
+                lazy if op == "insert" else None,  # new
+                lazy if op == "delete" else None,  # old
+                EMPTY,  # changed
+                row[col.xid],
+                None,  # commit_time
+                event_id,  # position
+                SOURCE,
+                extra,
             )
         return row_change(
             change_id=f"outbox:{event_id}",
             op=op,
-            schema=row.schema_name,
-            table=row.table_name,
-            new=parse_json(row.new_row) if row.new_row is not None else None,
-            old=parse_json(row.old_row) if row.old_row is not None else None,
-            xid=row.xid,
+            schema=row[col.schema_name],
+            table=row[col.table_name],
+            new=parse_json(row[col.new_row]) if row[col.new_row] is not None else None,
+            old=parse_json(row[col.old_row]) if row[col.old_row] is not None else None,
+            xid=row[col.xid],
             position=event_id,
             source=SOURCE,
             row_type=self._row_types.get(oid),

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import namedtuple_row
 
 from pgchanges.capture import install as capture
-from pgchanges.capture.queries import fetch_all, fetch_one, query, run
+from pgchanges.capture.queries import Columns, fetch_all, fetch_one, query, run
 from pgchanges.names import TableName
 from pgchanges.sources.outbox.claims import Claim, Claimed, Settlement
 from pgchanges.sources.outbox.decoding import EventDecoder
@@ -79,11 +79,11 @@ class OutboxStore:
         for attempt in (1, 2):
             with conn.pipeline():  # the claim and the read of the claimed lane in one round trip
                 claimed = conn.cursor(row_factory=namedtuple_row).execute(query("claim_lane"), params)
-                batch = conn.cursor(row_factory=namedtuple_row).execute(query("lane_batch"), params)
+                batch = conn.execute(query("lane_batch"), params)  # plain rows, read by name through Columns
                 ahead = conn.cursor(row_factory=namedtuple_row).execute(query("cut_ahead"), params)
             row: Any = claimed.fetchone()
             if row is not None:
-                claim = self._read_lane(conn, int(row.lane), batch.fetchall())
+                claim = self._read_lane(conn, int(row.lane), batch.fetchall(), Columns(batch))
                 cut_ahead: Any = ahead.fetchone()
                 claim.cut_ahead = bool(cut_ahead and cut_ahead.cut_ahead)
                 return claim
@@ -114,15 +114,15 @@ class OutboxStore:
             if made or not continued:
                 return made > 0
 
-    def _read_lane(self, conn: psycopg.Connection[Any], lane: int, rows: list[Any]) -> Claim:
-        """The locked lane's oldest batch (``rows`` of lane_batch); first, if the lane has parked events, the
-        runnable ones (the oldest of each row, when due), and the batch's events of rows with parked events are
-        parked behind them."""
+    def _read_lane(self, conn: psycopg.Connection[Any], lane: int, rows: list[Any], col: Columns) -> Claim:
+        """The locked lane's oldest batch (``rows`` of lane_batch, columns ``col``); first, if the lane has parked
+        events, the runnable ones (the oldest of each row, when due), and the batch's events of rows with parked
+        events are parked behind them."""
         decoder = self.decoder
-        has_parked = bool(rows and rows[0].has_parked)
-        events = [r for r in rows if r.event_id is not None]
-        decoder.learn_types(conn, events)
-        batch = (int(events[0].cut), int(events[0].chunk)) if events else None
+        has_parked = bool(rows and rows[0][col.has_parked])
+        events = [r for r in rows if r[col.event_id] is not None]
+        decoder.learn_types(conn, events, col)
+        batch = (int(events[0][col.cut]), int(events[0][col.chunk])) if events else None
         items: list[Claimed] = []
         blocked_rows: set[str] = set()
         if has_parked:
@@ -132,13 +132,14 @@ class OutboxStore:
                     runnable[int(parked.event_id)] = (int(parked.attempts), parked.last_error)
                 blocked_rows.add(parked.row_key)
             if runnable:
-                retried = fetch_all(conn, "events_by_id", {"ids": list(runnable)})
-                decoder.learn_types(conn, retried)
+                cursor = conn.execute(query("events_by_id"), {"ids": list(runnable)})
+                retried, by_id = cursor.fetchall(), Columns(cursor)
+                decoder.learn_types(conn, retried, by_id)
                 for row in retried:
-                    attempts, last_error = runnable[int(row.event_id)]
-                    items.append(decoder.claimed(row, attempts, last_error, parked=True, blocked=False))
-        claimed = decoder.claimed
-        items += [claimed(row, 0, None, parked=False, blocked=row.row_key in blocked_rows) for row in events]
+                    attempts, last_error = runnable[int(row[by_id.event_id])]
+                    items.append(decoder.claimed(row, by_id, attempts, last_error, parked=True, blocked=False))
+        claimed, key = decoder.claimed, col.row_key
+        items += [claimed(row, col, 0, None, parked=False, blocked=row[key] in blocked_rows) for row in events]
         return Claim(lane, batch, items)
 
     # -- settling ------------------------------------------------------------------------------------------
