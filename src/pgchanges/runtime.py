@@ -229,6 +229,8 @@ class Runtime:
         take; the position to go on from."""
         changes, tx, outcomes = batch.changes, batch.tx, batch.outcomes
         timeout = self.handler_timeout
+        if timeout is None and batch.keys is None and tx is None:
+            return await self._run_async_plainly(batch, position)
         if timeout is None:
             while position < len(changes):
                 change = changes[position]
@@ -260,6 +262,34 @@ class Runtime:
             outcomes[position - 1] = late
             if batch.keys is not None:
                 batch.failed.add(batch.keys[position - 1] or "")
+        return position
+
+    async def _run_async_plainly(self, batch: _Batch, position: int) -> int:
+        """:meth:`_run_one_by_one` without a timeout, keys or a transaction (notify, logical, polling): the same
+        rules, written out in one loop, because these calls happen once per change on the hottest path."""
+        changes, outcomes = batch.changes, batch.outcomes
+        routes_for, plain = self.router.routes_for, self._plain
+        while position < len(changes):
+            change = changes[position]
+            routes = routes_for(change)
+            known = plain.get(id(routes))
+            if known is None or known[0] is not routes:
+                self._routes_if_plain(change, None)
+                known = plain[id(routes)]
+            if known[1]:
+                return position  # every handler is a plain function: a plain run takes it
+            for route in routes:
+                try:
+                    if route.where is None or route.where(change):
+                        if route.is_async and not route.transaction:
+                            await route.handler(change)
+                        else:
+                            await _call_route(route, change, None)  # a plain one among async ones: a thread
+                except Exception as exc:
+                    if outcomes[position] is None:
+                        outcomes[position] = exc
+                    self._failed(route.name, change, exc)
+            position += 1
         return position
 
     async def _handle_one(self, batch: _Batch, index: int) -> Outcome:
@@ -345,8 +375,12 @@ class Runtime:
 
 
 async def _run_route(route: Route, change: Change, tx: Any) -> None:
-    if route.where is not None and not route.where(change):
-        return
+    if route.where is None or route.where(change):
+        await _call_route(route, change, tx)
+
+
+async def _call_route(route: Route, change: Change, tx: Any) -> None:
+    """The handler of ``route`` for ``change`` (its ``where`` already said yes)."""
     args = (change, tx) if route.transaction else (change,)
     if route.is_async:
         await route.handler(*args)
