@@ -108,8 +108,9 @@ class Runtime:
         self.handler_timeout = handler_timeout
         self.failures = 0
         self.observer: RuntimeObserver | None = None
-        # id of a routes tuple -> (the tuple, kept so that its id stays its own; whether all are plain functions)
-        self._plain: dict[int, tuple[tuple[Route, ...], bool]] = {}
+        # id of a routes tuple -> (the tuple, kept so that its id stays its own; whether all are plain functions;
+        # whether one takes the transaction)
+        self._plain: dict[int, tuple[tuple[Route, ...], bool, bool]] = {}
 
     # -- single calls: callbacks, transaction handlers, periodic tasks -----------------------------------
 
@@ -173,7 +174,7 @@ class Runtime:
         known = self._plain.get(id(routes))  # asked for every change: the router hands out cached tuples
         if known is None or known[0] is not routes:
             plain = not any(r.is_async or r.transaction for r in routes)
-            known = self._plain[id(routes)] = (routes, plain)
+            known = self._plain[id(routes)] = (routes, plain, any(r.transaction for r in routes))
         return routes if known[1] else None
 
     def _plain_calls(self, batch: _Batch, position: int, sink: list[_Failure]) -> list[Callable[[], None]]:
@@ -300,12 +301,13 @@ class Runtime:
         key = keys[index]
         if held_back(key, failed):
             return SKIPPED
+        routes = self.router.routes_for(change)
         try:
-            if tx is not None and any(r.transaction for r in self.router.routes_for(change)):
+            if tx is not None and self._plain[id(routes)][2]:  # known: _routes_if_plain saw these routes
                 async with tx.savepoint():
-                    await self._routes_until_failure(change, tx)
+                    await _routes_until_failure(routes, change, tx)
             else:
-                await self._routes_until_failure(change, tx)
+                await _routes_until_failure(routes, change, tx)
         except _HandlerError as failure:
             failed.add(key or "")
             self._failed(failure.route.name, change, failure.error)
@@ -360,18 +362,24 @@ class Runtime:
                 self._failed(route.name, change, exc)
         return first
 
-    async def _routes_until_failure(self, change: Change, tx: Any) -> None:
-        for route in self.router.routes_for(change):
-            try:
-                await _run_route(route, change, tx)
-            except Exception as exc:
-                raise _HandlerError(route, exc) from exc
-
     def _failed(self, handler: str, subject: Any, exc: BaseException, policy: Any = APP_DEFAULT) -> None:
         self.failures += 1
         if self.observer is not None:
             self.observer.handler_failed(handler)
         apply_error_policy(self.policy if policy is APP_DEFAULT else policy, handler, subject, exc)
+
+
+async def _routes_until_failure(routes: Sequence[Route], change: Change, tx: Any) -> None:
+    """The change's handlers in the event loop until the first failure (the change is retried whole)."""
+    for route in routes:
+        try:
+            if route.where is None or route.where(change):
+                if route.is_async and not route.transaction:
+                    await route.handler(change)
+                else:
+                    await _call_route(route, change, tx)
+        except Exception as exc:
+            raise _HandlerError(route, exc) from exc
 
 
 async def _run_route(route: Route, change: Change, tx: Any) -> None:
