@@ -268,7 +268,8 @@ async def test_replay_and_retention(dsn, db):
         db.execute("INSERT INTO t SELECT generate_series(1, 5)")
         got = sorted(await take(changes, 5), key=lambda c: c.position)
         await changes.ack(*got)
-        db.execute(query("replay"), {"consumer": "c", "since_id": got[2].position, "below_id": None, "since_time": None})
+        since = {"since_id": got[2].position, "below_id": None, "since_time": None}
+        db.execute(query("replay"), {"consumer": "c", **since})
         again = await take(changes, 3)
         await changes.ack(*again)
     assert sorted(c.new["id"] for c in again) == [3, 4, 5]  # rows in different lanes: no order among them
