@@ -27,7 +27,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal, Protocol
@@ -282,10 +282,7 @@ class Runtime:
             for route in routes:
                 try:
                     if route.where is None or route.where(change):
-                        if route.is_async and not route.transaction:
-                            await route.handler(change)
-                        else:
-                            await _call_route(route, change, None)  # a plain one among async ones: a thread
+                        await _handler_call(route, change, None)
                 except Exception as exc:
                     if outcomes[position] is None:
                         outcomes[position] = exc
@@ -374,10 +371,7 @@ async def _routes_until_failure(routes: Sequence[Route], change: Change, tx: Any
     for route in routes:
         try:
             if route.where is None or route.where(change):
-                if route.is_async and not route.transaction:
-                    await route.handler(change)
-                else:
-                    await _call_route(route, change, tx)
+                await _handler_call(route, change, tx)
         except Exception as exc:
             raise _HandlerError(route, exc) from exc
 
@@ -385,6 +379,14 @@ async def _routes_until_failure(routes: Sequence[Route], change: Change, tx: Any
 async def _run_route(route: Route, change: Change, tx: Any) -> None:
     if route.where is None or route.where(change):
         await _call_route(route, change, tx)
+
+
+def _handler_call(route: Route, change: Change, tx: Any) -> Awaitable[None]:
+    """What to await to run the route's handler (its ``where`` already said yes): an async handler's own
+    coroutine, without a frame of ours around it; anything else through :func:`_call_route`."""
+    if route.is_async and not route.transaction:
+        return route.handler(change)  # type: ignore[no-any-return]
+    return _call_route(route, change, tx)
 
 
 async def _call_route(route: Route, change: Change, tx: Any) -> None:
