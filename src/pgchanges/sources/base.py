@@ -160,7 +160,7 @@ async def reconnect_with_backoff(
         except errors as exc:
             delay = backoff.delay(attempt)
             attempt += 1
-            logger.warning("reconnecting %s failed (%s); retrying in %.2fs", what, _one_line(exc), delay)
+            logger.warning("reconnecting %s failed (%s); retrying in %.2fs", what, one_line(exc), delay)
             if stopper is None:
                 await anyio.sleep(delay)
             else:
@@ -222,5 +222,6 @@ def gap_marker(source: str, reason: str, schema: str | None = None, table: str |
     )
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An error as one line (the text of some psycopg errors spans several), for log lines."""
     return " ".join(str(exc).split()) or type(exc).__name__

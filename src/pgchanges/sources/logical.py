@@ -59,6 +59,7 @@ from pgchanges.sources.base import (
     Feed,
     Stopper,
     gap_marker,
+    one_line,
     reconnect_with_backoff,
     require_tables,
     row_changes,
@@ -246,7 +247,7 @@ class LogicalSource:
                 if changes and "message" in map(_OP, changes):
                     changes = self._without_heartbeats(changes)
             except CONNECTION_LOST as exc:
-                log.warning("replication connection lost (%s); reconnecting", " ".join(str(exc).split()))
+                log.warning("replication connection lost (%s); reconnecting", one_line(exc))
                 if not await self._reconnect():
                     return
                 if self.temporary:
@@ -271,7 +272,7 @@ class LogicalSource:
             await self._control.call(_emit_heartbeat, content)
         except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
             self._heartbeat = None
-            log.warning("heartbeats are off: %s", " ".join(str(exc).split()))
+            log.warning("heartbeats are off: %s", one_line(exc))
             return
         except (psycopg.Error, ConnectError) as exc:
             log.warning("writing a heartbeat failed (%s); the next one is tried in %gs", exc, self._heartbeat)

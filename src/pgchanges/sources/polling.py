@@ -55,6 +55,7 @@ from pgchanges.sources.base import (
     EventFeed,
     Feed,
     Stopper,
+    one_line,
     reconnect_with_backoff,
     require_tables,
 )
@@ -64,10 +65,6 @@ from pgchanges.sources.polling_connections import PollingConnections
 from pgchanges.sources.polling_plan import Plan, Planner
 
 log = logging.getLogger("pgchanges.polling")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class PollingSource:
@@ -223,7 +220,7 @@ class PollingSource:
                     if changes:
                         yield list(changes)
             except CONNECTION_ERRORS as exc:
-                self._conns.lost(_one_line(exc))  # the next round reconnects
+                self._conns.lost(one_line(exc))  # the next round reconnects
                 continue
             if not busy:
                 await stopper.sleep(self.interval)
@@ -295,8 +292,8 @@ class PollingSource:
         except CONNECTION_ERRORS as exc:
             if strict:
                 raise
-            log.warning("could not save the watermark of %s (%s); reconnecting, then saving it", key, _one_line(exc))
-            self._conns.lost(f"saving a watermark failed: {_one_line(exc)}")
+            log.warning("could not save the watermark of %s (%s); reconnecting, then saving it", key, one_line(exc))
+            self._conns.lost(f"saving a watermark failed: {one_line(exc)}")
             return
         except OSError as exc:  # the state file: tried again at the next save
             if not self._file_failing:

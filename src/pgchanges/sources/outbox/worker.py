@@ -27,7 +27,7 @@ from pgchanges.errors import ConnectError, ConnectionLost
 from pgchanges.ops.figures import SourceFigures
 from pgchanges.plain_run import Outcome
 from pgchanges.retry import RetryPolicy
-from pgchanges.sources.base import Backoff, Batch, Stopper, reconnect_with_backoff
+from pgchanges.sources.base import Backoff, Batch, Stopper, one_line, reconnect_with_backoff
 from pgchanges.sources.outbox.claims import Claim, settle
 from pgchanges.sources.outbox.store import OutboxStore
 from pgchanges.sources.outbox.transaction import Transaction
@@ -145,7 +145,7 @@ class LaneWorker:
     def _lost_connection(self, exc: BaseException) -> None:
         self._next_claim, self._looked_after_finish = None, False  # its transaction went with the connection
         self._lost = True
-        log.warning("outbox worker lost its connection (%s); reconnecting", " ".join(str(exc).split()))
+        log.warning("outbox worker lost its connection (%s); reconnecting", one_line(exc))
 
     async def _reconnect(self) -> bool:
         reconnected = await reconnect_with_backoff(
