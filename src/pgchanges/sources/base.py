@@ -138,7 +138,8 @@ class Backoff:
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
 
 
-#: The failures that mean "the connection is gone, open it again".
+#: The failures that mean "the connection is gone, open it again" (ConnectionLost and ReplicationLost are
+#: ConnectErrors).
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (ConnectError, psycopg.OperationalError)
 
 

@@ -53,6 +53,7 @@ from pgchanges.rowtypes import fetch_type_info, text_converter
 from pgchanges.sources import logical_setup as setup
 from pgchanges.sources import snapshot as snapshot_mod
 from pgchanges.sources.base import (
+    CONNECTION_ERRORS,
     WHOLE_TRANSACTIONS,
     Batch,
     Event,
@@ -74,7 +75,6 @@ log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_SECONDS = 10.0
 USER_TYPE_OIDS = 10_000  # oids from here on are user-defined types (domains, enums, arrays of them)
-CONNECTION_LOST: tuple[type[Exception], ...] = (ReplicationLost, ConnectError, psycopg.OperationalError)
 HEARTBEAT_PREFIX = "pgchanges.heartbeat"  # the prefix of the heartbeat messages (ops_emit_heartbeat)
 _OP = operator.itemgetter(1)
 
@@ -246,7 +246,7 @@ class LogicalSource:
                 changes = await self._handle(messages)
                 if changes and "message" in map(_OP, changes):
                     changes = self._without_heartbeats(changes)
-            except CONNECTION_LOST as exc:
+            except CONNECTION_ERRORS as exc:
                 log.warning("replication connection lost (%s); reconnecting", one_line(exc))
                 if not await self._reconnect():
                     return
@@ -311,7 +311,7 @@ class LogicalSource:
             what="the replication stream",
             logger=log,
             stopper=self._stopper,
-            errors=(*CONNECTION_LOST, CaptureError),
+            errors=(*CONNECTION_ERRORS, CaptureError),
         )
 
     async def _handle(self, messages: list[XLogData | Keepalive]) -> list[Change]:

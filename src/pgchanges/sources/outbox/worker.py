@@ -23,19 +23,16 @@ import psycopg
 
 from pgchanges.db.listener import Listener
 from pgchanges.db.threaded import ThreadedConnection
-from pgchanges.errors import ConnectError, ConnectionLost
 from pgchanges.ops.figures import SourceFigures
 from pgchanges.plain_run import Outcome
 from pgchanges.retry import RetryPolicy
-from pgchanges.sources.base import Backoff, Batch, Stopper, one_line, reconnect_with_backoff
+from pgchanges.sources.base import CONNECTION_ERRORS, Backoff, Batch, Stopper, one_line, reconnect_with_backoff
 from pgchanges.sources.outbox.claims import Claim, settle
 from pgchanges.sources.outbox.store import OutboxStore
 from pgchanges.sources.outbox.transaction import Transaction
 from pgchanges.sources.outbox.wakeup import WAKE_CHANNEL, Sleeper
 
 log = logging.getLogger("pgchanges.sources.outbox")
-
-LOST: tuple[type[Exception], ...] = (ConnectError, psycopg.OperationalError, ConnectionLost)
 
 
 def claim_connection(conn: psycopg.Connection[Any]) -> None:
@@ -94,7 +91,7 @@ class LaneWorker:
                 if self._lost and not await self._reconnect():
                     break
                 claim = await self._next()
-            except LOST as exc:
+            except CONNECTION_ERRORS as exc:
                 self._lost_connection(exc)
                 continue
             if claim is None:
@@ -122,7 +119,7 @@ class LaneWorker:
     async def _wait(self, idle: int) -> None:
         try:
             await self._sleeper.wait_for_work(idle)
-        except LOST as exc:
+        except CONNECTION_ERRORS as exc:
             self._lost_connection(exc)
 
     async def settle(self, batch: Batch, outcomes: Sequence[Outcome]) -> None:
@@ -135,7 +132,7 @@ class LaneWorker:
             else:
                 self._next_claim = await self.conn.call(self.store.finish_and_claim, claim, settlement)
                 self._looked_after_finish = self._next_claim is None
-        except LOST as exc:  # not acknowledged: the server rolls the claim back, and the batch comes again
+        except CONNECTION_ERRORS as exc:  # not acknowledged: the server rolls the claim back, and the batch comes again
             self._lost_connection(exc)
 
     @property
@@ -154,7 +151,7 @@ class LaneWorker:
             what="the outbox worker",
             logger=log,
             stopper=self._stopper,
-            errors=LOST,
+            errors=CONNECTION_ERRORS,
         )
         self._lost = not reconnected
         return reconnected
@@ -162,7 +159,7 @@ class LaneWorker:
     async def _give_back(self) -> None:
         if self._next_claim is not None:
             self._next_claim = None
-            with anyio.CancelScope(shield=True), contextlib.suppress(*LOST, psycopg.Error):
+            with anyio.CancelScope(shield=True), contextlib.suppress(*CONNECTION_ERRORS, psycopg.Error):
                 await self.conn.call(_roll_back)
 
 
