@@ -33,8 +33,8 @@ from pgchanges.errors import (
     SinkUnavailable,
     TableNotFound,
 )
-from pgchanges.pgoutput import UNCHANGED_TOAST
 from pgchanges.retry import RetryPolicy
+from pgchanges.rowmaps import UNCHANGED_TOAST
 from pgchanges.sources.outbox import Transaction
 from pgchanges.stream import ChangeStream, stream
 

@@ -18,31 +18,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from pgchanges import rowmaps
 from pgchanges.errors import DecodeError
+from pgchanges.rowmaps import ColumnValue, split_tuple, tuple_end
 
 PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
-
-class _UnchangedToast:
-    """Marks a TOASTed column value that an UPDATE left unchanged (and so was not sent)."""
-
-    _instance: _UnchangedToast | None = None
-
-    def __new__(cls) -> _UnchangedToast:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "UNCHANGED_TOAST"
-
-    def __reduce__(self) -> str:
-        return "UNCHANGED_TOAST"
+#: a TOASTed column value that an UPDATE left unchanged, and so did not send (one object, compared with ``is``)
+UNCHANGED_TOAST: Final = rowmaps.UNCHANGED_TOAST
 
 
-UNCHANGED_TOAST: Final = _UnchangedToast()
-
-ColumnValue = bytes | None | _UnchangedToast
 
 
 def lsn_to_str(lsn: int) -> str:
@@ -277,38 +262,22 @@ class _Reader:
             raise DecodeError(f"{len(self.data) - self.pos} unexpected trailing bytes")
 
     def tuple_data(self) -> TupleData:
-        """Column values of one row. The hot path of decoding: written without helper calls (profiled)."""
-        data, pos, size = self.data, self.pos, len(self.data)
-        values: list[ColumnValue] = []
-        append, length_at = values.append, _I32.unpack_from
-        binary: list[bool] | None = None
-        try:
-            (count,) = _I16.unpack_from(data, pos)
-            pos += 2
-            if count < 0:
-                raise DecodeError(f"negative column count {count}")
-            for index in range(count):
-                kind = data[pos]
-                pos += 1
-                if kind == 116 or kind == 98:  # noqa: PLR1714 - "t" text, "b" binary
-                    (length,) = length_at(data, pos)
-                    start, pos = pos + 4, pos + 4 + length
-                    if length < 0 or pos > size:
-                        raise DecodeError(f"column {index} of {length} bytes does not fit the message")
-                    append(data[start:pos])
-                    if kind == 98:
-                        binary = binary or [False] * count
-                        binary[index] = True
-                elif kind == 110:  # "n" null
-                    append(None)
-                elif kind == 117:  # "u" unchanged TOAST
-                    append(UNCHANGED_TOAST)
-                else:
-                    raise DecodeError(f"unknown tuple value kind {chr(kind)!r}")
-        except (struct.error, IndexError):
-            raise DecodeError(f"message ends after {size} bytes inside a row") from None
-        self.pos = pos
-        return TupleData(tuple(values), tuple(binary) if binary else ())
+        """Column values of one row (split by :func:`pgchanges.rowmaps.split_tuple`, compiled when built)."""
+        values, binary, self.pos = split_tuple(self.data, self.pos)
+        return TupleData(values, binary)
+
+
+# -- fast paths: the messages of every transaction, read without a Reader or a message object ----------------
+#
+# The tracker reads these in place (logical_tracker.TransactionTracker.receive); each returns None, or raises
+# struct.error, where the message is not the plain case, and the caller falls back to Decoder.decode, which
+# gives the proper error. Rows are split when first read (pgchanges.rowmaps.Row), so a malformed row raises
+# then, as for a plain Insert.
+
+#: Begin: tag, final LSN, commit time, xid
+BEGIN = struct.Struct("!xQqI")
+#: Commit: tag, flags, commit LSN, end LSN, commit time
+COMMIT = struct.Struct("!xBQQq")
 
 
 def is_plain_insert(data: bytes | memoryview) -> bool:
@@ -317,7 +286,7 @@ def is_plain_insert(data: bytes | memoryview) -> bool:
 
 
 def insert_relation(data: bytes | memoryview) -> int:
-    """The relation oid of a plain Insert (see :func:`is_plain_insert`)."""
+    """The relation oid of a plain Insert, Update or Delete (see :func:`is_plain_insert`)."""
     oid: int = _U32.unpack_from(data, 1)[0]
     return oid
 
@@ -329,6 +298,25 @@ def insert_tuple(data: bytes | memoryview) -> TupleData:
     new = reader.tuple_data()
     reader.done()
     return new
+
+
+def plain_update(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(old row start or -1, new row start) of an Update outside a stream whose old row is absent or key only
+    ("K"); None for any other Update (a whole old row, "O", needs ``changed`` computed from typed values)."""
+    kind = data[5]
+    if kind == 78:  # "N": no old row
+        return -1, 6
+    if kind != 75:  # not "K"
+        return None
+    end = tuple_end(data, 6)
+    if end >= len(data) or data[end] != 78:
+        return None
+    return 6, end + 1
+
+
+def plain_delete(data: bytes | memoryview) -> bool:
+    """Whether ``data`` is a Delete outside a stream (its old row, key or whole, starts at 6)."""
+    return len(data) > 6 and data[5] in (75, 79)
 
 
 class Decoder:

@@ -2,14 +2,18 @@
 
 ``to_json`` keeps numbers, booleans, json and arrays as JSON, writes date/timestamp types as ISO 8601, and
 writes every other type as its text output. Knowing each column's type (from the catalog, cached per table
-oid), we convert: numeric → Decimal (the payload is parsed with ``parse_float=Decimal`` so no digit is lost),
-float → float, timestamps → datetime, uuid → UUID, and anything written as text output through psycopg's own
-text loader for that type (bytea, interval, inet, ranges, …). Domains use their base type, arrays convert
-element-wise, unknown types stay as the string PostgreSQL wrote. A value that fails to convert stays as
-written, never an exception in the listener. The catalog queries are named queries in
-``capture/sql/queries/rowtypes.sql``.
-"""
+oid), we convert: numeric → Decimal, float → float, timestamps → datetime, uuid → UUID, and anything written
+as text output through psycopg's own text loader for that type (bytea, interval, inet, ranges, …). Domains
+use their base type, arrays convert element-wise, unknown types stay as the string PostgreSQL wrote. A value
+that fails to convert stays as written, never an exception in the listener. The catalog queries are named
+queries in ``capture/sql/queries/rowtypes.sql``.
 
+Rows are parsed twice only when they must be (see :mod:`pgchanges.sources.rows`): the fast parse gives every
+JSON fraction as a float, as psycopg's json loader does, which is what json and jsonb values must be; a
+numeric column needs every digit, so a row whose numeric value came back as a float (:meth:`RowType.inexact`)
+is parsed again with fractions as Decimal, and then typed by the *exact* converters, which turn the
+fractions inside json and jsonb values back into floats.
+"""
 from __future__ import annotations
 
 import logging
@@ -24,6 +28,7 @@ import psycopg
 from psycopg import adapters, pq
 
 from pgchanges.capture.queries import fetch_all
+from pgchanges.rowmaps import Guarded, json_from_text
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,7 @@ Converter = Callable[[Any], Any]
 # Built-in type oids (pg_type.dat); stable across PostgreSQL versions.
 INT_OIDS = frozenset({20, 21, 23})  # int8 int2 int4 (to_json writes oid, xid as strings)
 PLAIN_OIDS = frozenset({16, 18, 19, 25, 114, 1042, 1043, 3802})  # bool "char" name text json bpchar varchar jsonb
+JSON_OIDS = frozenset({114, 3802})  # json jsonb
 NUMERIC_OID, FLOAT4_OID, FLOAT8_OID = 1700, 700, 701
 DATE_OID, TIMESTAMP_OID, TIMESTAMPTZ_OID, UUID_OID = 1082, 1114, 1184, 2950
 
@@ -42,6 +48,30 @@ def _to_decimal(value: Any) -> Any:
 
 def _to_float(value: Any) -> Any:
     return float(value)
+
+
+def _json_floats(value: Any) -> Any:
+    """A json value parsed with fractions as Decimal, with floats instead (as psycopg's json loader gives)."""
+    kind = type(value)
+    if kind is Decimal:
+        return float(value)
+    if kind is dict:
+        return {k: _json_floats(v) for k, v in value.items()}
+    if kind is list:
+        return [_json_floats(v) for v in value]
+    return value
+
+
+def _has_float(value: Any) -> bool:
+    """Whether a value of the fast parse holds a float anywhere (a numeric whose digits it may have lost)."""
+    kind = type(value)
+    if kind is float:
+        return True
+    if kind is list:
+        return any(_has_float(v) for v in value)
+    if kind is dict:
+        return any(_has_float(v) for v in value.values())
+    return False
 
 
 def _iso(parse: Callable[[str], Any]) -> Converter:
@@ -85,15 +115,22 @@ class TypeInfo:
 
 
 class JsonConverters:
-    """Builds a converter for JSON values of a type, given the types' catalog rows."""
+    """Builds the converters for JSON values of a type, given the types' catalog rows."""
 
     def __init__(self, types: Mapping[int, TypeInfo]) -> None:
         self._types = types
 
-    def for_oid(self, oid: int) -> Converter | None:
+    def _base(self, oid: int) -> tuple[int, TypeInfo | None]:
+        """The type itself, or the base type of a domain."""
         info = self._types.get(oid)
-        if info is not None and info.typtype == "d":
-            return self.for_oid(info.base)
+        while info is not None and info.typtype == "d":
+            oid = info.base
+            info = self._types.get(oid)
+        return oid, info
+
+    def for_oid(self, oid: int) -> Converter | None:
+        """For values parsed with fractions as floats; None when they need no conversion."""
+        oid, info = self._base(oid)
         if info is not None and info.is_array and info.elem:
             element = self.for_oid(info.elem)
             return None if element is None else _array_of(element)
@@ -102,6 +139,23 @@ class JsonConverters:
         if info is not None and info.typtype in ("e", "c"):
             return None  # enums are their label; composites stay JSON objects
         return _SIMPLE.get(oid) or _text_loader(oid)
+
+    def for_oid_exact(self, oid: int) -> Converter | None:
+        """For values parsed with fractions as Decimal: json and jsonb get their floats back."""
+        base, info = self._base(oid)
+        if info is not None and info.is_array and info.elem:
+            element = self.for_oid_exact(info.elem)
+            return None if element is None else _array_of(element)
+        if base in JSON_OIDS:
+            return _json_floats
+        return self.for_oid(oid)
+
+    def needs_digits(self, oid: int) -> bool:
+        """Whether JSON numbers of the type must keep every digit: numeric (in domains, arrays), composites."""
+        oid, info = self._base(oid)
+        if info is not None and info.is_array and info.elem:
+            return self.needs_digits(info.elem)
+        return oid == NUMERIC_OID or (info is not None and info.typtype == "c")
 
 
 _SIMPLE: dict[int, Converter] = {
@@ -117,21 +171,46 @@ _SIMPLE: dict[int, Converter] = {
 
 
 class RowType:
-    """The columns of one table and how to type each column's JSON value."""
+    """The columns of one table and how to type each column's JSON value.
 
-    __slots__ = ("converters", "names", "relid")
+    ``converters`` type a row parsed with fractions as floats, ``exact_converters`` one parsed with fractions
+    as Decimal; ``digits`` are the columns whose numbers need every digit (numeric ones).
+    """
 
-    def __init__(self, relid: int, names: Iterable[str], converters: list[tuple[str, Converter]]) -> None:
+    __slots__ = ("converters", "digits", "exact_converters", "names", "relid")
+
+    def __init__(
+        self,
+        relid: int,
+        names: Iterable[str],
+        converters: list[tuple[str, Converter]],
+        exact_converters: list[tuple[str, Converter]] | None = None,
+        digits: Iterable[str] = (),
+    ) -> None:
         self.relid = relid
         self.names = frozenset(names)
         self.converters = converters
+        self.exact_converters = converters if exact_converters is None else exact_converters
+        self.digits = tuple(digits)
 
     def matches(self, row: Mapping[str, Any]) -> bool:
         return row.keys() == self.names
 
+    def inexact(self, row: Mapping[str, Any]) -> bool:
+        """Whether ``row``, parsed with fractions as floats, has a numeric value that may have lost digits."""
+        return any(_has_float(row.get(name)) for name in self.digits)
+
     def convert(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Convert ``row`` (fresh from ``json.loads``) in place and return it."""
+        """Convert ``row`` (fresh from the fast parse, fractions as floats) in place and return it."""
         for name, convert in self.converters:
+            value = row.get(name)
+            if value is not None:
+                row[name] = convert(value)
+        return row
+
+    def convert_exact(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Convert ``row`` (parsed with fractions as Decimal) in place and return it."""
+        for name, convert in self.exact_converters:
             value = row.get(name)
             if value is not None:
                 row[name] = convert(value)
@@ -147,11 +226,14 @@ def fetch_row_types(conn: psycopg.Connection[Any], relids: Iterable[int]) -> dic
     grouped: dict[int, list[tuple[str, int]]] = {relid: [] for relid in wanted}
     for c in columns:
         grouped[int(c.table_oid)].append((c.column_name, int(c.type_oid)))
-    result: dict[int, RowType] = {}
-    for relid, cols in grouped.items():
-        converters = [(name, conv) for name, oid in cols if (conv := builder.for_oid(oid)) is not None]
-        result[relid] = RowType(relid, (name for name, _ in cols), converters)
-    return result
+    return {relid: _row_type(relid, cols, builder) for relid, cols in grouped.items()}
+
+
+def _row_type(relid: int, columns: list[tuple[str, int]], builder: JsonConverters) -> RowType:
+    converters = [(name, conv) for name, oid in columns if (conv := builder.for_oid(oid)) is not None]
+    exact = [(name, conv) for name, oid in columns if (conv := builder.for_oid_exact(oid)) is not None]
+    digits = [name for name, oid in columns if builder.needs_digits(oid)]
+    return RowType(relid, (name for name, _ in columns), converters, exact, digits)
 
 
 def fetch_type_info(conn: psycopg.Connection[Any], oids: set[int]) -> dict[int, TypeInfo]:
@@ -167,6 +249,8 @@ def text_converter(types: Mapping[int, TypeInfo], oid: int) -> Converter:
     info = types.get(oid)
     if info is not None and info.typtype == "d":
         return text_converter(types, info.base)
+    if oid in _JSON_OIDS:
+        return json_from_text
     loader_cls = adapters.get_loader(oid, pq.Format.TEXT)
     if loader_cls is None or (info is not None and info.typtype in ("e", "c")):
         return _decode_text
@@ -174,18 +258,15 @@ def text_converter(types: Mapping[int, TypeInfo], oid: int) -> Converter:
     if oid in _LOADERS_THAT_CANNOT_FAIL:
         direct: Converter = loader.load  # no wrapper frame per value: the decode hot path (profiled)
         return direct
-
-    def convert(value: Any) -> Any:
-        try:
-            return loader.load(value)
-        except (psycopg.DataError, ValueError, TypeError):
-            return _decode_text(value)
-
-    return convert
+    guarded: Converter = Guarded(loader.load, _decode_text, (psycopg.DataError, ValueError, TypeError))
+    return guarded
 
 
 # Types whose text form from the server always loads (unlike dates and times, where 'infinity' raises).
 _LOADERS_THAT_CANNOT_FAIL = frozenset({16, 17, 19, 20, 21, 23, 25, 26, 114, 700, 701, 1042, 1043, 1700, 2950, 3802})
+
+
+_JSON_OIDS = frozenset({114, 3802})  # json, jsonb
 
 
 def _decode_text(value: Any) -> Any:

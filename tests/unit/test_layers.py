@@ -8,7 +8,10 @@ import pgchanges
 ROOT = Path(pgchanges.__file__).parent
 
 #: Pure modules: values, names and formats, no I/O; they import no other layer.
-PURE = {"change", "valuecodec", "names", "pgoutput", "lazy", "errors", "conninfo", "plain_run", "retry", "_version"}
+PURE = {
+    "change", "valuecodec", "names", "pgoutput", "rowmaps", "lazy", "errors", "conninfo", "plain_run", "retry",
+    "_version",
+}  # fmt: skip
 #: layer -> the layers it must not import
 FORBIDDEN = {
     "pure": {"db", "capture", "sources", "app", "serving", "runtime", "lanes", "routing", "stream", "cli", "periodic"},

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from pgchanges import pgoutput as p
-from pgchanges.db.replication import Keepalive, XLogData
+from pgchanges import rowmaps
+from pgchanges.db.replication import Keepalive
 from pgchanges.errors import CaptureError
 from pgchanges.sources.logical_changes import relation_info
 from pgchanges.sources.logical_tracker import TransactionTracker
@@ -24,7 +25,7 @@ CONVERTERS = {23: int, 25: lambda b: bytes(b).decode()}
 
 def wire(messages):
     """Replication messages as the stream reads them: keepalives as they are, pgoutput messages encoded."""
-    return [m if isinstance(m, Keepalive) else XLogData(0, 0, memoryview(encode(m))) for m in messages]
+    return [m if isinstance(m, Keepalive) else memoryview(encode(m)) for m in messages]
 
 
 def receive(tracker, messages):
@@ -81,12 +82,40 @@ def test_changes_carry_ids_positions_and_typed_values():
     assert all(c.source == "logical" for c in got)
 
 
-def test_the_plain_insert_fast_path_makes_the_change_the_decoder_makes():
+def test_the_fast_paths_make_the_changes_the_decoder_makes():
+    """Rows of a transaction that is not collected are read in place (inserts, updates without a whole old
+    row, deletes); a collected one goes through the Decoder. Both give equal changes."""
     fast, decoded = TransactionTracker(), TransactionTracker(collect=True)  # collected: never the fast path
-    messages = [ORDERS, *transaction(0x100, 7, insert(1, "a"), insert(2, "b"))]
+    key_only = p.TupleData((b"2", None))
+    messages = [
+        ORDERS,
+        *transaction(
+            0x100,
+            7,
+            insert(1, "a"),
+            insert(2, "b"),
+            p.Update(None, ORDERS.oid, None, None, row(1, "c")),
+            p.Update(None, ORDERS.oid, "K", key_only, row(3, "d")),
+            p.Delete(None, ORDERS.oid, "K", key_only),
+            p.Delete(None, ORDERS.oid, "O", row(1, "c")),
+        ),
+    ]
+
+    def plain(changes):
+        return [c._replace(new=c.new and dict(c.new), old=c.old and dict(c.old)) for c in changes]
+
     lazy, typed = receive(fast, messages), receive(decoded, messages)
-    assert [c._replace(new=dict(c.new)) for c in lazy] == [c._replace(new=dict(c.new)) for c in typed]
-    assert type(lazy[0].new).__name__ == "LazyRow"
+    assert [c.op for c in lazy] == ["insert", "insert", "update", "update", "delete", "delete"]
+    assert plain(lazy) == plain(typed)
+    assert {type(c.new or c.old) for c in lazy} == {rowmaps.Row}  # typed when first read
+    assert lazy[3].old == {"id": 2, "note": None} and lazy[3].new == {"id": 3, "note": "d"}
+
+
+def test_an_update_with_the_whole_old_row_gets_its_changed_columns():
+    tracker = TransactionTracker()
+    update = p.Update(None, ORDERS.oid, "O", row(1, "a"), row(1, "b"))
+    (change,) = receive(tracker, [ORDERS, *transaction(0x100, 7, update)])
+    assert change.changed == ("note",) and change.old == {"id": 1, "note": "a"}
 
 
 def test_the_slot_waits_for_every_change_and_every_transaction_before():

@@ -25,22 +25,23 @@ from pgchanges.errors import CaptureError, ConfigError, ReplicationLost
 from pgchanges.pgoutput import PG_EPOCH, lsn_to_str
 
 SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
-_XLOG_HEADER = struct.Struct("!QQq")
+_XLOG_DATA = ord("w")
+_PAYLOAD_START = 1 + struct.calcsize("!QQq")  # "w", WAL start, WAL end, send time
 _KEEPALIVE = struct.Struct("!QqB")
 _STATUS = struct.Struct("!cQQQqB")
-
-
-@dataclass(frozen=True, slots=True)
-class XLogData:
-    wal_start: int
-    wal_end: int
-    payload: memoryview
 
 
 @dataclass(frozen=True, slots=True)
 class Keepalive:
     wal_end: int
     reply_requested: bool
+
+
+#: What :meth:`ReplicationStream.read` gives: the pgoutput payload of each XLogData message (its header, the
+#: WAL start and end and the send time, is not needed: pgoutput's Begin and Commit carry the positions), and
+#: the primary keepalives. A payload is not wrapped in an object of its own: that cost a quarter of the
+#: framing of a no-op consumer (bench/results/peers.md, py-spy).
+StreamMessage = memoryview | Keepalive
 
 
 def check_slot_name(name: str) -> str:
@@ -125,17 +126,17 @@ class ReplicationStream:
             message = result.error_message.decode(errors="replace").strip() if result is not None else ""
             raise CaptureError(f"cannot start replication from slot {slot}: {message or 'no result'}")
 
-    async def read(self) -> list[XLogData | Keepalive]:
+    async def read(self) -> list[StreamMessage]:
         """Wait for and return every replication message available now."""
         pgconn = self.connection.pgconn
-        out: list[XLogData | Keepalive] = []
+        out: list[StreamMessage] = []
         while True:
             try:
                 size, data = pgconn.get_copy_data(1)
             except psycopg.OperationalError as exc:
                 raise ReplicationLost(str(exc).strip() or "replication connection lost") from exc
             if size > 0:
-                out.append(_parse(data))
+                out.append(data[_PAYLOAD_START:] if data[0] == _XLOG_DATA else _parse_other(data))
                 continue
             if size == -1:
                 raise ReplicationLost("the server ended the replication stream")
@@ -160,11 +161,8 @@ class ReplicationStream:
             raise ReplicationLost(str(exc).strip() or "replication connection lost") from exc
 
 
-def _parse(data: memoryview) -> XLogData | Keepalive:
+def _parse_other(data: memoryview) -> Keepalive:
     kind = bytes(data[:1])
-    if kind == b"w":
-        start, end, _sent = _XLOG_HEADER.unpack_from(data, 1)
-        return XLogData(start, end, data[1 + _XLOG_HEADER.size :])
     if kind == b"k":
         end, _sent, reply = _KEEPALIVE.unpack_from(data, 1)
         return Keepalive(end, bool(reply))

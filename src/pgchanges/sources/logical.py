@@ -41,7 +41,7 @@ from pgchanges.capture.logical_admin import (
 from pgchanges.capture.queries import fetch_one
 from pgchanges.change import Change
 from pgchanges.db.connect import close_async, connect_async
-from pgchanges.db.replication import Keepalive, ReplicationStream, XLogData, check_slot_name
+from pgchanges.db.replication import ReplicationStream, StreamMessage, check_slot_name
 from pgchanges.db.threaded import ThreadedConnection
 from pgchanges.errors import CaptureError, ConnectError, ReplicationLost
 from pgchanges.names import TableName
@@ -314,7 +314,7 @@ class LogicalSource:
             errors=(*CONNECTION_ERRORS, CaptureError),
         )
 
-    async def _handle(self, messages: list[XLogData | Keepalive]) -> list[Change]:
+    async def _handle(self, messages: list[StreamMessage]) -> list[Change]:
         """The changes of one read; the tracker stops at each Relation for its column types to be looked up."""
         tracker = self.tracker
         out: list[Change] = []

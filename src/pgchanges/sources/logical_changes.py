@@ -14,8 +14,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from pgchanges.change import EMPTY, Change, Op, freeze
-from pgchanges.pgoutput import UNCHANGED_TOAST, Delete, Insert, LogicalMessage, Relation, TupleData, Update, lsn_to_str
-from pgchanges.sources.lazy_row import typed_values
+from pgchanges.pgoutput import Delete, Insert, LogicalMessage, Relation, TupleData, Update, lsn_to_str
+from pgchanges.rowmaps import UNCHANGED_TOAST
 
 SOURCE = "logical"
 
@@ -60,7 +60,11 @@ class Stamp(Protocol):
 
 
 def _values(relation: RelationInfo, data: TupleData) -> dict[str, Any]:
-    return typed_values(relation.names, relation.converters, data.values)
+    """Column name → Python value (None and UNCHANGED_TOAST stay as they are)."""
+    return {
+        name: value if value is None or value is UNCHANGED_TOAST else convert(value)
+        for name, convert, value in zip(relation.names, relation.converters, data.values, strict=False)
+    }
 
 
 def row_change(relation: RelationInfo, message: Insert | Update | Delete, change_id: str, txn: Stamp | None) -> Change:

@@ -36,10 +36,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from pgchanges.change import EMPTY, Change
-from pgchanges.db.replication import Keepalive, XLogData
+from pgchanges.change import EMPTY, Change, Op
+from pgchanges.db.replication import Keepalive, StreamMessage
 from pgchanges.errors import CaptureError
 from pgchanges.pgoutput import (
+    BEGIN,
+    COMMIT,
     Begin,
     Commit,
     Decoder,
@@ -52,10 +54,12 @@ from pgchanges.pgoutput import (
     Truncate,
     Update,
     insert_relation,
-    is_plain_insert,
     lsn_to_str,
+    pg_timestamp,
+    plain_delete,
+    plain_update,
 )
-from pgchanges.sources.lazy_row import LazyRow
+from pgchanges.rowmaps import Row
 from pgchanges.sources.logical_changes import (
     RelationInfo,
     message_change,
@@ -63,6 +67,9 @@ from pgchanges.sources.logical_changes import (
     truncate_change,
 )
 
+_ROW_TAGS = frozenset(b"IUD")
+# Change(...) runs the NamedTuple's generated __new__, a Python frame per change; the tuple's own is C
+_new_change = tuple.__new__
 # the first part of the id of changes that no transaction of the stream numbers (see ``_counted``)
 _UNCOUNTED = ("message:", "snapshot:", "gap:")
 
@@ -115,49 +122,75 @@ class TransactionTracker:
 
     # -- messages in, changes out --------------------------------------------------------------------------
 
-    def receive(self, messages: Iterator[XLogData | Keepalive], out: list[Change]) -> Relation | None:
+    def receive(self, messages: Iterator[StreamMessage], out: list[Change]) -> Relation | None:
         """Append the changes of ``messages`` to ``out``; stop at a Relation message and return it.
 
         The caller resolves a returned Relation, gives it to :meth:`add_relation` and calls again with the
         same iterator. None: every message was taken.
+
+        The hot path of the logical source. Outside a streamed transaction, Begin, Commit and the rows of a
+        transaction whose changes are not collected are read in place (no message objects; rows typed when
+        first read); everything else goes through the :class:`~pgchanges.pgoutput.Decoder`.
         """
         decoder = self._decoder
-        decode = decoder.decode
         append = out.append
-        for message in messages:
-            if isinstance(message, Keepalive):
-                self._keepalive(message)
+        for payload in messages:
+            if isinstance(payload, Keepalive):
+                self._keepalive(payload)
                 continue
-            payload = message.payload
             current = self._current
-            if current is not None and current.changes is None and is_plain_insert(payload) and not decoder.in_stream:
-                # the common case, without detours (and without counting: only collected transactions need it)
-                relation = self._relations[insert_relation(payload)]
-                current.delivered += 1
-                text = current.commit_text
-                append(
-                    Change(
-                        f"{text}:{current.delivered}",
-                        "insert",
-                        relation.schema,
-                        relation.table,
-                        LazyRow(relation.names, relation.converters, payload),
-                        None,
-                        EMPTY,
-                        current.xid,
-                        current.commit_time,
-                        text,
-                        "logical",
-                    )
-                )
-                continue
-            decoded = decode(payload)
+            if not decoder.in_stream and len(payload) > 6:
+                tag = payload[0]
+                if current is not None and current.changes is None and tag in _ROW_TAGS:
+                    change = self._plain_row(tag, payload, current)
+                    if change is not None:
+                        append(change)
+                        continue
+                elif tag == 66 and len(payload) == BEGIN.size:  # "B"
+                    final_lsn, micros, xid = BEGIN.unpack(payload)
+                    self._begin_at(final_lsn, pg_timestamp(micros), xid)
+                    continue
+                elif tag == 67 and len(payload) == COMMIT.size:  # "C"
+                    self._commit_at(COMMIT.unpack(payload)[2])
+                    continue
+            decoded = decoder.decode(payload)
             if type(decoded) is Relation:
                 return decoded
             changes = self._apply(decoded)
             if changes:
                 out.extend(changes)
         return None
+
+    def _plain_row(self, tag: int, payload: memoryview, current: Transaction) -> Change | None:
+        """The change of an Insert, Update or Delete read in place, or None when it needs the Decoder (an
+        unknown relation, an Update with the whole old row, anything malformed in its header)."""
+        relation = self._relations.get(insert_relation(payload))
+        if relation is None:
+            return None
+        names, converters = relation.names, relation.converters
+        new = old = None
+        op: Op
+        if tag == 73:  # "I"
+            if payload[5] != 78:
+                return None
+            op, new = "insert", Row(names, converters, payload, 6, True)
+        elif tag == 85:  # "U"
+            starts = plain_update(payload)
+            if starts is None:
+                return None
+            op, new = "update", Row(names, converters, payload, starts[1], True)
+            if starts[0] >= 0:
+                old = Row(names, converters, payload, starts[0])
+        else:  # "D"
+            if not plain_delete(payload):
+                return None
+            op, old = "delete", Row(names, converters, payload, 6, True)
+        # not counted in _emitted: only collected transactions need the count, and they take the Decoder
+        current.delivered += 1
+        text = current.commit_text
+        fields = (f"{text}:{current.delivered}", op, relation.schema, relation.table, new, old, EMPTY, current.xid,
+                  current.commit_time, text, "logical", None)  # fmt: skip
+        return _new_change(Change, fields)
 
     def add_relation(self, relation: RelationInfo) -> None:
         """The resolved form of the Relation message :meth:`receive` stopped at (or of any later one)."""
@@ -193,15 +226,21 @@ class TransactionTracker:
         return changes
 
     def _begin(self, message: Begin) -> None:
-        text = lsn_to_str(message.final_lsn)
-        txn = Transaction(message.xid, message.final_lsn, message.commit_time, text, [] if self.collect else None)
+        self._begin_at(message.final_lsn, message.commit_time, message.xid)
+
+    def _begin_at(self, final_lsn: int, commit_time: datetime, xid: int) -> None:
+        text = lsn_to_str(final_lsn)
+        txn = Transaction(xid, final_lsn, commit_time, text, [] if self.collect else None)
         self._current = self._pending[text] = txn
 
     def _commit(self, message: Commit) -> None:
+        self._commit_at(message.end_lsn)
+
+    def _commit_at(self, end_lsn: int) -> None:
         txn, self._current = self._current, None
         if txn is None:
             return
-        txn.end_lsn = message.end_lsn
+        txn.end_lsn = end_lsn
         if txn.changes:
             # its transaction handlers are one more thing to acknowledge: the slot waits for them
             txn.delivered += 1
