@@ -42,6 +42,7 @@ from pgchanges.sources.factory import make_source
 from pgchanges.sources.options import options_for
 
 if TYPE_CHECKING:
+    from pgchanges.feed import Feed
     from pgchanges.ops.service import Ops
 
 log = logging.getLogger("pgchanges.app")
@@ -101,6 +102,7 @@ class App:
         self._callbacks = Callbacks()
         self._periodic: list[PeriodicTask] = []
         self._forwarders: list[Forwarder] = []
+        self.feeds: list[Feed] = []  # app.feed(...): the HTTP/SSE change feed (at most one)
         self._stop: anyio.Event | None = None  # created inside the running event loop
         self._stop_requested = False
         self.source: Source | None = None
@@ -174,6 +176,24 @@ class App:
             )
         self._forwarders.append(forwarder)
         return forwarder
+
+    def feed(self, tables: str | TableName | Iterable[str | TableName], **options: Any) -> Feed:
+        """Serve the changes of ``tables`` over HTTP (``GET /v1/changes``, JSON pages and Server-Sent Events)
+        on the ``http=`` endpoint, or mount ``feed.asgi()`` in your own ASGI app; ``options`` are those of
+        :class:`pgchanges.feed.Feed` (``tokens=``/``authorize=``/``open=True``, ``allow=``, ``hide=``,
+        ``retention=``, ``window=``). One capture feeds every client; docs/feed.md tells more."""
+        from pgchanges.feed import Feed  # noqa: PLC0415 - the feed extra
+
+        if self.feeds:
+            raise ConfigError("an App serves one feed: give app.feed() every table at once")
+        feed = Feed(tables, **options)
+        stop = self.source_kind in ("logical", "polling")  # a change not in the log must not be acknowledged
+        for table in feed.tables:
+            self.router.add(
+                table, None, feed.handler(), batch=True, on_error="stop" if stop else APP_DEFAULT, timeout=None
+            )
+        self.feeds.append(feed)
+        return feed
 
     def on_notify(self, channel: str) -> Callable[[F], F]:
         """Subscribe the decorated handler to plain NOTIFY messages on ``channel`` (any name, quoted for us)."""
@@ -294,6 +314,11 @@ class App:
     async def _serve_all(self, task_status: TaskStatus[None]) -> None:
         assert self._stop is not None
         async with anyio.create_task_group() as outer:
+            for feed in self.feeds:
+                await feed.open(self.source_kind)  # reads its window back before any change comes
+                outer.start_soon(feed.keep_open)
+                if self.ops is not None:
+                    self.ops.attach_feed(feed)
             if self.ops is not None:
                 if self.server is not None:
                     self.ops.attach(self.server)

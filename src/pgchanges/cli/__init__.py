@@ -16,13 +16,13 @@ from collections.abc import Sequence
 import psycopg
 
 from pgchanges import conninfo as ci
-from pgchanges.cli import capture_commands, forward_commands, outbox_commands, stream_commands
+from pgchanges.cli import capture_commands, feed_commands, forward_commands, outbox_commands, stream_commands
 from pgchanges.errors import PgChangesError
 from pgchanges.ops import logs
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
-COMMAND_GROUPS = (capture_commands, stream_commands, outbox_commands, forward_commands)
+COMMAND_GROUPS = (capture_commands, stream_commands, outbox_commands, forward_commands, feed_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        return 0 if args.command in ("tail", "demo", "run") else EXIT_INTERRUPTED
+        return 0 if args.command in ("tail", "demo", "run", "feed") else EXIT_INTERRUPTED
     except PgChangesError as exc:
         print(f"pgchanges: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

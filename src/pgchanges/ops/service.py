@@ -11,6 +11,10 @@ stops with the App. Other ways of serving (``tail``, forwarding) use the same tw
         await tg.start(ops.run)          # listening once this returns; ops.port is the bound port
         ...
         tg.cancel_scope.cancel()
+
+With a change feed (``app.feed(...)``, :meth:`Ops.attach_feed`) the same server answers ``/v1/changes`` through
+the feed's ASGI app (:mod:`pgchanges.feed.asgi`), and ``/`` is the dashboard (:mod:`pgchanges.ops.dashboard`)
+with its figures at ``/v1/status``; the dashboard is there without a feed too, minus its live tail.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -30,6 +35,12 @@ from pgchanges.ops.http import Response, parse_address
 from pgchanges.ops.observer import Observer
 from pgchanges.ops.sampler import Sampler
 from pgchanges.routing import Router
+
+if TYPE_CHECKING:
+    from pgchanges.feed.hub import Feed
+    from pgchanges.ops.http import ASGIApp
+
+FEED_PATHS = ("/v1/changes", "/v1/feed")
 
 DEFAULT_STALL_AFTER = 60.0
 DEFAULT_SAMPLE_INTERVAL = 5.0
@@ -93,6 +104,10 @@ class Ops:
         self.sampler: Sampler | None = Sampler(conninfo, interval=config.sample_interval, consumer=consumer)
         self.port: int | None = None
         self.registry = registry_of(self)
+        self.feed: Feed | None = None
+        from pgchanges.ops.dashboard import History  # noqa: PLC0415
+
+        self.history = History()
 
     @property
     def figures(self) -> SourceFigures | None:
@@ -129,6 +144,17 @@ class Ops:
         server.observer = self.observer
         return self.observer
 
+    def attach_feed(self, feed: Feed) -> None:
+        """Serve ``feed`` (``/v1/changes``) beside the operator's routes, and show it on the dashboard."""
+        self.feed = feed
+
+    def mount(self, path: str) -> ASGIApp | None:
+        """The ASGI app serving ``path``: the feed's, for its paths; None for the operator's own routes."""
+        if self.feed is not None and path in FEED_PATHS:
+            app: ASGIApp = self.feed.asgi()
+            return app
+        return None
+
     # -- figures -----------------------------------------------------------------------------------------
 
     def connections(self) -> dict[str, bool]:
@@ -161,9 +187,11 @@ class Ops:
         from pgchanges.ops import http  # noqa: PLC0415 - h11 only when used
 
         async with anyio.create_task_group() as tg:
+            # listening first: a taken port fails before the sampler opens a connection it would leave behind
+            self.port = await tg.start(partial(http.serve, self.config.http, self.respond, mount=self.mount))
             if self.sampler is not None:
                 tg.start_soon(self.sampler.run)
-            self.port = await tg.start(http.serve, self.config.http, self.respond)
+            tg.start_soon(self.history.run, self)
             task_status.started(self.port)
 
     async def respond(self, method: str, path: str) -> Response:
@@ -178,7 +206,14 @@ class Ops:
         if path in ("/healthz", "/readyz"):
             verdict = health.alive(self) if path == "/healthz" else health.ready(self)
             return _json(200 if verdict.ok else 503, verdict.as_json())
-        return _json(404, {"status": "not found", "reason": "try /metrics, /healthz or /readyz"})
+        from pgchanges.ops import dashboard  # noqa: PLC0415
+
+        if path == "/v1/status":
+            return _json(200, dashboard.status(self))
+        page = dashboard.asset(path)
+        if page is not None:
+            return Response(200, page[0], page[1])
+        return _json(404, {"status": "not found", "reason": "try /, /metrics, /healthz or /readyz"})
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
