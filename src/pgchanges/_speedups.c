@@ -277,6 +277,42 @@ static PyObject *row_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     return (PyObject *)self;
 }
 
+/* Row(names, converters, data, offset[, whole]) without keywords: the call of every change, so without the
+ * keyword parser (vectorcall, as the builtin types are constructed). */
+static PyObject *row_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if ((kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0) || nargs < 4 || nargs > 5 ||
+        !PyTuple_Check(args[0]) || !PyTuple_Check(args[1])) {
+        /* anything else (keywords, wrong types): through the keyword parser, which gives the proper error */
+        Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+        PyObject *tuple = PyTuple_New(nargs);
+        PyObject *kwargs = nkw ? PyDict_New() : NULL;
+        PyObject *result = NULL;
+        if (tuple != NULL && (nkw == 0 || kwargs != NULL)) {
+            for (Py_ssize_t i = 0; i < nargs; i++) PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+            int ok = 0;
+            for (Py_ssize_t i = 0; i < nkw && ok == 0; i++)
+                ok = PyDict_SetItem(kwargs, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]);
+            if (ok == 0) result = row_new((PyTypeObject *)type, tuple, kwargs);
+        }
+        Py_XDECREF(tuple);
+        Py_XDECREF(kwargs);
+        return result;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[3]);
+    if (offset == -1 && PyErr_Occurred()) return NULL;
+    int whole = nargs == 5 ? PyObject_IsTrue(args[4]) : 0;
+    if (whole < 0) return NULL;
+    RowObject *self = (RowObject *)((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0);
+    if (self == NULL) return NULL;
+    self->names = Py_NewRef(args[0]);
+    self->converters = Py_NewRef(args[1]);
+    self->data = Py_NewRef(args[2]);
+    self->offset = offset;
+    self->whole = whole;
+    return (PyObject *)self;
+}
+
 /* Row.deferred(load, arg): a row whose dict is load(arg), called on first access. */
 static PyObject *row_deferred(PyObject *cls, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
@@ -447,6 +483,7 @@ static PyTypeObject RowType = {
     .tp_richcompare = (richcmpfunc)row_richcompare,
     .tp_hash = PyObject_HashNotImplemented,
     .tp_methods = row_methods,
+    .tp_vectorcall = row_vectorcall,
 };
 
 /* -- converters: value loaders without a Python frame per value ---------------------------------------- */

@@ -8,7 +8,7 @@ path (decoding, dispatch) and a NamedTuple builds in less than half the time whi
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
@@ -53,14 +53,24 @@ class Change(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (see :mod:`pgchanges.valuecodec` for how typed values are written)."""
+        return self._encoded(valuecodec.encode_row)
+
+    def to_json(self) -> str:
+        """One line of JSON; :meth:`from_json` restores an equal Change (values keep their Python types)."""
+        try:
+            return _JSON_SHALLOW(self._encoded(valuecodec.encode_row_shallow))
+        except (ValueError, TypeError):  # a NaN or an odd key inside a json value: the exact walk writes them
+            return _JSON(self.to_dict())
+
+    def _encoded(self, encode_row: Callable[[Row], tuple[dict[str, Any], dict[str, str]]]) -> dict[str, Any]:
         types: dict[str, Any] = {}
         out: dict[str, Any] = {
             "id": self.id,
             "op": self.op,
             "schema": self.schema,
             "table": self.table,
-            "new": _encode_row(self.new, "new", types),
-            "old": _encode_row(self.old, "old", types),
+            "new": _encode_row(self.new, "new", types, encode_row),
+            "old": _encode_row(self.old, "old", types, encode_row),
             "changed": list(self.changed),
             "xid": self.xid,
             "commit_time": self.commit_time.isoformat() if self.commit_time else None,
@@ -68,14 +78,10 @@ class Change(NamedTuple):
             "source": self.source,
         }
         if self.extra:
-            out["extra"] = _encode_row(self.extra, "extra", types)
+            out["extra"] = _encode_row(self.extra, "extra", types, encode_row)
         if types:
             out["types"] = types
         return out
-
-    def to_json(self) -> str:
-        """One line of JSON; :meth:`from_json` restores an equal Change (values keep their Python types)."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Change:
@@ -106,10 +112,22 @@ def freeze(row: dict[str, Any] | None) -> Row | None:
     return None if row is None else MappingProxyType(row)
 
 
-def _encode_row(row: Row | None, key: str, types: dict[str, Any]) -> dict[str, Any] | None:
+# Built once: json.dumps with options builds an encoder per call.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_JSON_SHALLOW = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=valuecodec.nested_plain
+).encode
+
+
+def _encode_row(
+    row: Row | None,
+    key: str,
+    types: dict[str, Any],
+    encode_row: Callable[[Row], tuple[dict[str, Any], dict[str, str]]],
+) -> dict[str, Any] | None:
     if row is None:
         return None
-    encoded, tags = valuecodec.encode_row(row)
+    encoded, tags = encode_row(row)
     if tags:
         types[key] = tags
     return encoded

@@ -128,3 +128,18 @@ def test_ragged_nested_lists_round_trip():
     row = {"0": [[date(2000, 1, 1)], date(2000, 1, 1)]}
     again = Change.from_json(make({}, row).to_json())
     assert dict(again.old) == row
+
+
+json_objects = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text() | st.floats() | st.decimals(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=8), values | json_objects, max_size=6))
+def test_to_json_writes_exactly_the_json_of_to_dict(row):
+    """to_json leaves json objects to the encoder (encode_row_shallow); the text must be to_dict's, NaN,
+    infinities and Decimals nested in json values included."""
+    change = make(row, row)
+    assert change.to_json() == json.dumps(change.to_dict(), ensure_ascii=False, separators=(",", ":"))

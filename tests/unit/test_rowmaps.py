@@ -154,3 +154,13 @@ def test_converters_give_what_psycopg_gives(json_from_text: Any, guarded: Any) -
     assert guarded(int, bytes.decode, (ValueError,))(b"12") == 12
     with pytest.raises(KeyError):
         guarded(lambda v: {}[v], bytes.decode, (ValueError,))(b"k")  # other errors are not caught
+
+
+def test_rows_take_keywords_and_refuse_wrong_arguments(impl: Any) -> None:
+    row_type = impl[0]
+    payload = insert(b"7", None, b"1")
+    row = row_type(names=NAMES, converters=CONVERTERS, data=payload, offset=6, whole=True)
+    assert row == {"id": 7, "note": None, "amount": Decimal(1)}
+    assert row_type(NAMES, CONVERTERS, payload, 6) == row  # whole defaults to False
+    with pytest.raises(TypeError):
+        row_type(NAMES, CONVERTERS, payload)
