@@ -1,6 +1,6 @@
 """Forwarding to RabbitMQ (the machine's broker on 127.0.0.1:5672, isolated by an exchange and queue of the
 test's own): a durable topic exchange, routing keys from the template, persistent messages, message_id,
-publisher confirms; its connection closed by the broker mid-stream."""
+publisher confirms; its connection closed by the broker mid-stream; the broker stopped and started again."""
 
 from __future__ import annotations
 
@@ -122,6 +122,47 @@ async def test_a_connection_the_broker_closes_is_opened_again_and_nothing_is_los
     finally:
         await anyio.to_thread.run_sync(_cleanup, exchange)
     assert len(ids) == 20  # duplicates would carry the same message_id: 20 distinct ids, none missing
+
+
+async def test_the_broker_stopped_and_started_again_loses_nothing(dsn, db):
+    """The machine's RabbitMQ application stopped (connections refused) while changes commit, then started:
+    the forwarder retries with its position held, and every change reaches the durable queue."""
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    exchange = unique("pgchanges-test-")
+    queue = await anyio.to_thread.run_sync(_bound_queue, exchange, "#")
+    ids: set[str] = set()
+    try:
+        app = pgchanges.App(dsn, source="logical", slot=unique("s"))
+        forwarder = app.forward("t", to=AMQP, exchange=exchange, subject="{table}")
+        async with anyio.create_task_group() as tg:
+            await tg.start(app.serve)
+
+            def count():
+                ids.update(props["message_id"] for _, props, _ in _drain(queue))
+                return len(ids)
+
+            db.execute("INSERT INTO t SELECT generate_series(1, 10)")
+            await eventually(count, lambda n: n >= 10, "the first ten")
+            await anyio.to_thread.run_sync(_rabbitmq, "stop_app")
+            try:
+                db.execute("INSERT INTO t SELECT generate_series(11, 30)")
+                await eventually(
+                    lambda: forwarder.delivery.retries, lambda n: n > 0, "the forwarder to meet the stopped broker"
+                )
+            finally:
+                await anyio.to_thread.run_sync(_rabbitmq, "start_app")
+            await eventually(count, lambda n: n >= 30, "the twenty written while the broker was stopped", 60)
+            app.stop()
+    finally:
+        await anyio.to_thread.run_sync(_cleanup, exchange)
+    assert len(ids) == 30  # duplicates would carry the same message_id: 30 distinct ids, none missing
+
+
+def _rabbitmq(command: str) -> None:
+    """``rabbitmqctl stop_app`` / ``start_app`` (and wait until it serves again) on the machine's broker."""
+    subprocess.run(["rabbitmqctl", "-q", command], check=True, capture_output=True, timeout=120)
+    if command == "start_app":
+        subprocess.run(["rabbitmqctl", "-q", "await_startup"], check=True, capture_output=True, timeout=120)
 
 
 def _close_pgchanges_connections() -> int:
