@@ -23,7 +23,7 @@ import psycopg
 
 import pgchanges
 from bench.common import bench_database, latency_summary, latency_with_app, machine, timed_noop_app, write_results
-from pgchanges.db.replication import ReplicationStream
+from pgchanges.db.replication import PAYLOAD_START, ReplicationStream
 from pgchanges.names import TableName
 from pgchanges.sources.logical import ensure_publication, ensure_slot, publication_name
 
@@ -39,7 +39,7 @@ async def raw_receive(conninfo: str, slot: str, n: int) -> float:
     count = 0
     while count < n:
         for message in await stream.read():
-            if isinstance(message, memoryview) and message[:1] == b"I":  # a pgoutput Insert
+            if isinstance(message, memoryview) and message[PAYLOAD_START] == 73:  # a pgoutput Insert ("I")
                 count += 1
     rate = n / (time.perf_counter() - start)
     await stream.close()

@@ -285,9 +285,9 @@ def is_plain_insert(data: bytes | memoryview) -> bool:
     return len(data) > 6 and data[0] == 73 and data[5] == 78
 
 
-def insert_relation(data: bytes | memoryview) -> int:
-    """The relation oid of a plain Insert, Update or Delete (see :func:`is_plain_insert`)."""
-    oid: int = _U32.unpack_from(data, 1)[0]
+def insert_relation(data: bytes | memoryview, at: int = 0) -> int:
+    """The relation oid of a plain Insert, Update or Delete that starts at ``at`` of ``data``."""
+    oid: int = _U32.unpack_from(data, at + 1)[0]
     return oid
 
 
@@ -300,23 +300,24 @@ def insert_tuple(data: bytes | memoryview) -> TupleData:
     return new
 
 
-def plain_update(data: bytes | memoryview) -> tuple[int, int] | None:
-    """(old row start or -1, new row start) of an Update outside a stream whose old row is absent or key only
-    ("K"); None for any other Update (a whole old row, "O", needs ``changed`` computed from typed values)."""
-    kind = data[5]
+def plain_update(data: bytes | memoryview, at: int = 0) -> tuple[int, int] | None:
+    """(old row start or -1, new row start) in ``data`` of an Update outside a stream, starting at ``at``, whose
+    old row is absent or key only ("K"); None for any other Update (a whole old row, "O", needs ``changed``
+    computed from typed values)."""
+    kind = data[at + 5]
     if kind == 78:  # "N": no old row
-        return -1, 6
+        return -1, at + 6
     if kind != 75:  # not "K"
         return None
-    end = tuple_end(data, 6)
+    end = tuple_end(data, at + 6)
     if end >= len(data) or data[end] != 78:
         return None
-    return 6, end + 1
+    return at + 6, end + 1
 
 
-def plain_delete(data: bytes | memoryview) -> bool:
-    """Whether ``data`` is a Delete outside a stream (its old row, key or whole, starts at 6)."""
-    return len(data) > 6 and data[5] in (75, 79)
+def plain_delete(data: bytes | memoryview, at: int = 0) -> bool:
+    """Whether ``data`` holds, at ``at``, a Delete outside a stream (its old row, key or whole, at ``at + 6``)."""
+    return len(data) > at + 6 and data[at + 5] in (75, 79)
 
 
 class Decoder:

@@ -23,9 +23,13 @@ ORDERS = p.Relation(
 CONVERTERS = {23: int, 25: lambda b: bytes(b).decode()}
 
 
+XLOG_HEADER = b"w" + bytes(24)  # WAL start, WAL end, send time: the tracker reads none of them
+
+
 def wire(messages):
-    """Replication messages as the stream reads them: keepalives as they are, pgoutput messages encoded."""
-    return [m if isinstance(m, Keepalive) else memoryview(encode(m)) for m in messages]
+    """Replication messages as the stream reads them: keepalives as they are, pgoutput messages encoded in an
+    XLogData message."""
+    return [m if isinstance(m, Keepalive) else memoryview(XLOG_HEADER + encode(m)) for m in messages]
 
 
 def receive(tracker, messages):

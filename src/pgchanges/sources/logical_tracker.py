@@ -31,13 +31,13 @@ transaction that it has not sent yet lies before it.
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from pgchanges.change import EMPTY, Change, Op
-from pgchanges.db.replication import Keepalive, StreamMessage
+from pgchanges.db.replication import PAYLOAD_START, Keepalive, StreamMessage
 from pgchanges.errors import CaptureError
 from pgchanges.pgoutput import (
     BEGIN,
@@ -68,6 +68,7 @@ from pgchanges.sources.logical_changes import (
 )
 
 _ROW_TAGS = frozenset(b"IUD")
+_AT = PAYLOAD_START
 # Change(...) runs the NamedTuple's generated __new__, a Python frame per change; the tuple's own is C
 _new_change = tuple.__new__
 # the first part of the id of changes that no transaction of the stream numbers (see ``_counted``)
@@ -102,7 +103,8 @@ class TransactionTracker:
         self._relations: dict[int, RelationInfo] = {}
         self._decoder = Decoder()
         self._current: Transaction | None = None
-        self._pending: OrderedDict[str, Transaction] = OrderedDict()  # by commit text, oldest first
+        self._pending: dict[str, Transaction] = {}  # by commit text, to find a change's transaction
+        self._order: deque[Transaction] = deque()  # the same, oldest first, to find the done prefix
         self._emitted = 0  # changes counted so far (see ``_counted``), to know when a transaction was handed on
         self._dispatched = 0  # of those, the ones whose per-change handlers ran
         self._completed: deque[tuple[int, Transaction]] = deque()  # collected: (count at its last change, it)
@@ -117,6 +119,7 @@ class TransactionTracker:
         self._decoder = Decoder()
         self._current = None
         self._pending.clear()
+        self._order.clear()
         self._completed.clear()
         self._emitted = self._dispatched = 0
 
@@ -134,26 +137,27 @@ class TransactionTracker:
         """
         decoder = self._decoder
         append = out.append
-        for payload in messages:
-            if isinstance(payload, Keepalive):
-                self._keepalive(payload)
+        for message in messages:
+            if isinstance(message, Keepalive):
+                self._keepalive(message)
                 continue
             current = self._current
-            if not decoder.in_stream and len(payload) > 6:
-                tag = payload[0]
+            size = len(message) - _AT  # the pgoutput payload starts at _AT of the XLogData message
+            if not decoder.in_stream and size > 6:
+                tag = message[_AT]
                 if current is not None and current.changes is None and tag in _ROW_TAGS:
-                    change = self._plain_row(tag, payload, current)
+                    change = self._plain_row(tag, message, current)
                     if change is not None:
                         append(change)
                         continue
-                elif tag == 66 and len(payload) == BEGIN.size:  # "B"
-                    final_lsn, micros, xid = BEGIN.unpack(payload)
+                elif tag == 66 and size == BEGIN.size:  # "B"
+                    final_lsn, micros, xid = BEGIN.unpack_from(message, _AT)
                     self._begin_at(final_lsn, pg_timestamp(micros), xid)
                     continue
-                elif tag == 67 and len(payload) == COMMIT.size:  # "C"
-                    self._commit_at(COMMIT.unpack(payload)[2])
+                elif tag == 67 and size == COMMIT.size:  # "C"
+                    self._commit_at(COMMIT.unpack_from(message, _AT)[2])
                     continue
-            decoded = decoder.decode(payload)
+            decoded = decoder.decode(message[_AT:])
             if type(decoded) is Relation:
                 return decoded
             changes = self._apply(decoded)
@@ -161,30 +165,30 @@ class TransactionTracker:
                 out.extend(changes)
         return None
 
-    def _plain_row(self, tag: int, payload: memoryview, current: Transaction) -> Change | None:
+    def _plain_row(self, tag: int, message: memoryview, current: Transaction) -> Change | None:
         """The change of an Insert, Update or Delete read in place, or None when it needs the Decoder (an
         unknown relation, an Update with the whole old row, anything malformed in its header)."""
-        relation = self._relations.get(insert_relation(payload))
+        relation = self._relations.get(insert_relation(message, _AT))
         if relation is None:
             return None
         names, converters = relation.names, relation.converters
         new = old = None
         op: Op
         if tag == 73:  # "I"
-            if payload[5] != 78:
+            if message[_AT + 5] != 78:
                 return None
-            op, new = "insert", Row(names, converters, payload, 6, True)
+            op, new = "insert", Row(names, converters, message, _AT + 6, True)
         elif tag == 85:  # "U"
-            starts = plain_update(payload)
+            starts = plain_update(message, _AT)
             if starts is None:
                 return None
-            op, new = "update", Row(names, converters, payload, starts[1], True)
+            op, new = "update", Row(names, converters, message, starts[1], True)
             if starts[0] >= 0:
-                old = Row(names, converters, payload, starts[0])
+                old = Row(names, converters, message, starts[0])
         else:  # "D"
-            if not plain_delete(payload):
+            if not plain_delete(message, _AT):
                 return None
-            op, old = "delete", Row(names, converters, payload, 6, True)
+            op, old = "delete", Row(names, converters, message, _AT + 6, True)
         # not counted in _emitted: only collected transactions need the count, and they take the Decoder
         current.delivered += 1
         text = current.commit_text
@@ -232,6 +236,7 @@ class TransactionTracker:
         text = lsn_to_str(final_lsn)
         txn = Transaction(xid, final_lsn, commit_time, text, [] if self.collect else None)
         self._current = self._pending[text] = txn
+        self._order.append(txn)
 
     def _commit(self, message: Commit) -> None:
         self._commit_at(message.end_lsn)
@@ -245,7 +250,8 @@ class TransactionTracker:
             # its transaction handlers are one more thing to acknowledge: the slot waits for them
             txn.delivered += 1
             self._completed.append((self._emitted, txn))
-        self._complete_prefix()
+        if txn.acked >= txn.delivered:  # done now (it had no changes): the prefix may move; otherwise it cannot
+            self._complete_prefix()
 
     def _changes_of(self, message: Message) -> list[Change] | None:
         if isinstance(message, Insert | Update | Delete):
@@ -285,14 +291,15 @@ class TransactionTracker:
         self._complete_prefix()
 
     def _complete_prefix(self) -> None:
-        pending = self._pending
-        while pending:
-            first = next(iter(pending.values()))
-            if not first.done:
+        order, pending = self._order, self._pending
+        while order:
+            first = order[0]
+            end = first.end_lsn
+            if end is None or first.acked < first.delivered:  # not done (Transaction.done, inlined)
                 return
-            pending.popitem(last=False)
-            assert first.end_lsn is not None
-            self.flushed = max(self.flushed, first.end_lsn)
+            order.popleft()
+            del pending[first.commit_text]
+            self.flushed = max(self.flushed, end)
 
     # -- transaction handlers ------------------------------------------------------------------------------
 
