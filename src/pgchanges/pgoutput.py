@@ -40,10 +40,17 @@ def str_to_lsn(text: str) -> int:
     return (int(high, 16) << 32) | int(low, 16)
 
 
+def py_pg_timestamp(micros: int) -> datetime:
+    return PG_EPOCH + timedelta(microseconds=micros)
+
+
+_timestamp: Callable[[int], datetime] = rowmaps.compiled_pg_timestamp or py_pg_timestamp
+
+
 def pg_timestamp(micros: int) -> datetime:
     """A server timestamp (microseconds since 2000-01-01 UTC); one outside Python's range is a DecodeError."""
     try:
-        return PG_EPOCH + timedelta(microseconds=micros)
+        return _timestamp(micros)
     except OverflowError:
         raise DecodeError(f"timestamp {micros} (microseconds since 2000-01-01) is out of range") from None
 

@@ -234,3 +234,5 @@ split_tuple: Callable[[bytes | memoryview, int], tuple[tuple[ColumnValue, ...], 
 tuple_end: Callable[[bytes | memoryview, int], int] = _C.tuple_end if _C is not None else py_tuple_end
 json_from_text: Converter = _C.json_from_text if _C is not None else py_json_from_text
 Guarded: Any = _C.Guarded if _C is not None else PyGuarded
+#: microseconds since 2000-01-01 UTC → aware datetime, compiled (pgchanges.pgoutput.pg_timestamp uses it)
+compiled_pg_timestamp: Callable[[int], Any] | None = _C.pg_timestamp if _C is not None else None

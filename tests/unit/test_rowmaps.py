@@ -6,12 +6,13 @@ import json
 import os
 import pickle
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pgchanges import pgoutput as p
@@ -164,3 +165,28 @@ def test_rows_take_keywords_and_refuse_wrong_arguments(impl: Any) -> None:
     assert row_type(NAMES, CONVERTERS, payload, 6) == row  # whole defaults to False
     with pytest.raises(TypeError):
         row_type(NAMES, CONVERTERS, payload)
+
+
+FIRST = p.pg_micros(datetime(1, 1, 1, tzinfo=UTC))
+LAST = p.pg_micros(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+
+
+@pytest.mark.skipif(rowmaps.compiled_pg_timestamp is None, reason="the extension is not built")
+@example(FIRST)
+@example(FIRST - 1)
+@example(LAST)
+@example(LAST + 1)
+@example(-1)
+@example(86_400_000_000)
+@given(st.integers(-(2**63), 2**63 - 1) | st.integers(-63_000_000_000_000_000, 252_000_000_000_000_000))
+def test_the_compiled_timestamps_are_the_timedelta_sums(micros: int) -> None:
+    compiled = rowmaps.compiled_pg_timestamp
+    assert compiled is not None
+    try:
+        expected = p.py_pg_timestamp(micros)
+    except OverflowError:
+        with pytest.raises(OverflowError):
+            compiled(micros)
+        return
+    got = compiled(micros)
+    assert got == expected and got.tzinfo is expected.tzinfo and got.isoformat() == expected.isoformat()
