@@ -10,6 +10,11 @@ All figures of one run come from one cluster (fsync on) and one process, so rati
    (or raw loop, which parses the JSON to read the stamp) records now - stamp: commit→handler latency
    including the commit itself.
 3. write TPS of pgbench INSERTs at 2 and 8 clients with and without the notify trigger.
+
+``--section payload`` measures the notify trigger's payload and the listener's parsing instead, beside a bare
+``pg_notify(row_to_json(NEW))`` trigger read with ``json.loads`` (what the peers do), on the peers' columns
+(bench/results/notify-payload.md): trigger time per row, writer time, and what a consumer that reads every value
+receives, live and from a burst.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -162,7 +168,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10, help="rows per writer transaction (sustained)")
     parser.add_argument("--sustained-seconds", type=int, default=5)
     parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"))
+    parser.add_argument("--section", default="all", choices=("all", "payload"))
     args = parser.parse_args()
+    if args.section == "payload":
+        payload_main(args.rounds, args.backend)
+        return
 
     with bench_database() as (cluster, conninfo):
         with psycopg.connect(conninfo, autocommit=True) as conn:
@@ -265,6 +275,179 @@ Latency is measured from `clock_timestamp()` inside the writing statement, so it
 | ratio | {data["write_tps"]["ratio_at_2"]} | {data["write_tps"]["ratio_at_8"]} |
 """
     write_results(f"notify-{args.backend}", data, markdown)
+    print(markdown)
+
+
+PEER_COLUMNS = "id bigserial PRIMARY KEY, name text, qty int, price numeric(12,2), at timestamptz, payload jsonb"
+PEER_ROW = (
+    "'item ' || g, mod(g, 1000)::int, (mod(g, 100000) / 100.0)::numeric(12,2), now(), "
+    "jsonb_build_object('t', extract(epoch FROM clock_timestamp()), 'g', g, 'tags', jsonb_build_array('a', 'b'), "
+    "'note', 'benchmark row')"
+)
+PEER_TRIGGER = """
+CREATE FUNCTION peer_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('peer', row_to_json(NEW)::text); RETURN NULL; END $$;
+CREATE TRIGGER peer AFTER INSERT ON items_peer FOR EACH ROW EXECUTE FUNCTION peer_notify();
+"""
+PAYLOAD_TABLES = ("items_none", "items_peer", "items_format1", "items_pgc")
+PER_TXN = 1000
+
+
+def format_1_trigger() -> str:
+    """The notify trigger of schema versions 6 to 10 (payload format 1), rebuilt on items_format1."""
+    from pgchanges.capture import migrations
+
+    sql = next(m.sql for m in migrations.available() if m.version == 6)
+    start = sql.index("CREATE OR REPLACE FUNCTION pgchanges.notify_row_v1()")
+    body = sql[start : sql.index("$fn$;", start) + len("$fn$;")].replace("pgchanges.notify_row_v1()", "format1()")
+    return body + "\nCREATE TRIGGER f AFTER INSERT ON items_format1 FOR EACH ROW EXECUTE FUNCTION format1('format1');"
+
+
+def write_rows(conninfo: str, table: str, n: int) -> float:
+    """Seconds to insert ``n`` rows into ``table`` in transactions of PER_TXN rows."""
+    start = time.perf_counter()
+    with psycopg.connect(conninfo) as conn:
+        for first in range(0, n, PER_TXN):
+            conn.execute(
+                f"INSERT INTO {table} (name, qty, price, at, payload) SELECT {PEER_ROW} "
+                "FROM generate_series(%s::bigint, %s::bigint) g",
+                (first + 1, first + PER_TXN),
+            )
+            conn.commit()
+    return time.perf_counter() - start
+
+
+def trigger_us_per_row(conninfo: str, table: str, n: int = 5000) -> float:
+    """The trigger's own time per row, as EXPLAIN ANALYZE reports it (rolled back)."""
+    with psycopg.connect(conninfo) as conn:
+        plan = conn.execute(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) INSERT INTO {table} (name, qty, price, at, payload) "
+            f"SELECT {PEER_ROW} FROM generate_series(1, {n}) g"
+        ).fetchone()[0]  # type: ignore[index]
+        conn.rollback()
+    return float(plan[0]["Triggers"][0]["Time"]) / n * 1000
+
+
+async def peer_consumer(conninfo: str, n: int, write: Any) -> float:
+    """Changes/s of a psycopg LISTEN loop that json.loads every payload of items_peer; ``write()`` writes."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("LISTEN peer")
+        pgconn, count, rows = conn.pgconn, 0, []
+        start = write()
+        while count < n:
+            await anyio.wait_readable(pgconn.socket)
+            pgconn.consume_input()
+            while (note := pgconn.notifies()) is not None:
+                rows.append(json.loads(note.extra))
+                count += 1
+        return n / (time.perf_counter() - start)
+
+
+def live_writer(conninfo: str, table: str, n: int) -> Any:
+    """A start_clock for the consumers: starts a thread writing ``n`` rows, returns the time it started."""
+
+    def start() -> float:
+        threading.Thread(target=write_rows, args=(conninfo, table, n), daemon=True).start()
+        return time.perf_counter()
+
+    return start
+
+
+def burst_writer(conninfo: str, table: str, n: int) -> Any:
+    """A start_clock for the consumers: ``n`` rows in one transaction; returns the time of its commit."""
+
+    def start() -> float:
+        with psycopg.connect(conninfo) as conn:
+            conn.execute(
+                f"INSERT INTO {table} (name, qty, price, at, payload) SELECT {PEER_ROW} FROM generate_series(1, %s) g",
+                (n,),
+            )
+            conn.commit()
+        return time.perf_counter()
+
+    return start
+
+
+def payload_main(rounds: int, backend: str, rows: int = 20_000) -> None:
+    figures: dict[str, list[float]] = {}
+
+    def record(name: str, value: float) -> None:
+        figures.setdefault(name, []).append(value)
+        print(f"  {name}: {value:,.2f}", flush=True)
+
+    with bench_database() as (cluster, conninfo):
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            for table in PAYLOAD_TABLES:
+                conn.execute(f"CREATE TABLE {table} ({PEER_COLUMNS})")
+            capture.install(conn, [TableName("public", "items_pgc")])
+            conn.execute(PEER_TRIGGER)
+            conn.execute(format_1_trigger())
+        for rnd in range(rounds):
+            print(f"round {rnd}", flush=True)
+            for table in PAYLOAD_TABLES[rnd % 4 :] + PAYLOAD_TABLES[: rnd % 4]:
+                if table != "items_none":
+                    record(f"trigger µs/row {table}", trigger_us_per_row(conninfo, table))
+                record(f"writer s {table}", write_rows(conninfo, table, rows))
+            for kind, writer in (("live", live_writer), ("burst", burst_writer)):
+                peer = anyio.run(peer_consumer, conninfo, rows, writer(conninfo, "items_peer", rows), backend=backend)
+                record(f"{kind} peer", peer)
+                for read in (True, False):
+                    app = pgchanges.App(conninfo)
+                    start = writer(conninfo, "items_pgc", rows)
+                    rate = anyio.run(
+                        lambda app=app, start=start, read=read: timed_noop_app(
+                            app, "public.items_pgc", rows, start_clock=start, read_values=read
+                        ),
+                        backend=backend,
+                    )
+                    record(f"{kind} pgchanges {'reads values' if read else 'no-op'}", rate)
+                    record(f"{kind} ratio {'reads values' if read else 'no-op'}", rate / peer)
+        version = cluster.version
+    median = {name: statistics.median(values) for name, values in figures.items()}
+    write_payload_results(median, figures, rounds, rows, backend, version)
+
+
+def write_payload_results(
+    median: dict[str, float], figures: dict[str, list[float]], rounds: int, rows: int, backend: str, version: int
+) -> None:
+    def fig(name: str, fmt: str = ",.0f") -> str:
+        return format(median[name], fmt)
+
+    def trigger_row(label: str, table: str) -> str:
+        micros = fig(f"trigger µs/row {table}", ".2f") if f"trigger µs/row {table}" in median else "0"
+        return f"| {label} | {micros} | {fig(f'writer s {table}', '.3f')} |"
+
+    trig = "\n".join(
+        trigger_row(label, table)
+        for label, table in (
+            ("no trigger", "items_none"),
+            ("bare `pg_notify(row_to_json(NEW))` (the peers' trigger)", "items_peer"),
+            ("pgchanges payload format 1 (`notify_row_v1`, schema versions 6 to 10)", "items_format1"),
+            ("pgchanges as installed now", "items_pgc"),
+        )
+    )
+    markdown = f"""# Notify: the trigger's payload and the listener's parsing
+
+PostgreSQL {version}, fsync on, {backend}, 2 CPUs shared with other work while it ran. Reproduce:
+`.venv/bin/python -m bench.notify_bench --section payload --rounds {rounds}`. Medians of {rounds} rounds (the
+tables' order rotates between rounds). Table: the peers' columns (bigserial, text, int, numeric(12,2),
+timestamptz, jsonb); {rows:,} rows written in transactions of {PER_TXN:,}.
+
+| trigger | trigger µs per row (EXPLAIN ANALYZE) | writer s for {rows:,} rows |
+|---|---|---|
+{trig}
+
+Consumers reading every value (the peer: psycopg `notifies()` + `json.loads`, on the peers' trigger; pgchanges:
+an App whose handler does `dict(change.new)`, values typed exactly: Decimal numeric, aware datetime, jsonb with
+float fractions). *live*: timed from the writer's start, while it writes; *burst*: all rows in one
+transaction, timed from its commit (the consumer's own capacity).
+
+| | peer changes/s | pgchanges, reads values | ratio to peer | pgchanges, no-op | ratio to peer |
+|---|---|---|---|---|---|
+| live | {fig("live peer")} | {fig("live pgchanges reads values")} | {fig("live ratio reads values", ".2f")} | {fig("live pgchanges no-op")} | {fig("live ratio no-op", ".2f")} |
+| burst | {fig("burst peer")} | {fig("burst pgchanges reads values")} | {fig("burst ratio reads values", ".2f")} | {fig("burst pgchanges no-op")} | {fig("burst ratio no-op", ".2f")} |
+"""
+    write_results("notify-payload", {"rounds": figures, "median": median, "machine": machine()}, markdown)
     print(markdown)
 
 

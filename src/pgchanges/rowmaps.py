@@ -16,7 +16,8 @@ tests/unit/test_rowmaps.py. A malformed tuple raises :class:`~pgchanges.errors.D
 are first read. A row pickles as a plain dict.
 
 Two converters (value bytes → Python) live here for the same reason, a Python frame per value:
-:func:`json_from_text` for json/jsonb and :class:`Guarded` for loaders that can refuse a value.
+:func:`json_from_text` for json, :func:`jsonb_from_text` for jsonb (orjson, when installed, for text it reads
+exactly as ``json.loads`` does) and :class:`Guarded` for loaders that can refuse a value.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
@@ -195,6 +197,29 @@ def py_json_from_text(value: bytes | memoryview) -> Any:
     return result if end == len(text) else json.loads(text)
 
 
+def _orjson_loads() -> Callable[[Any], Any] | None:
+    try:
+        return importlib.import_module("orjson").loads  # type: ignore[no-any-return]
+    except ImportError:
+        return None
+
+
+_fast_loads = _orjson_loads()
+_LONG_DIGIT_RUN = re.compile(rb"\d{19}")
+
+
+def py_jsonb_from_text(value: bytes | memoryview) -> Any:
+    """:func:`json_from_text` for jsonb, whose text PostgreSQL writes canonically, through orjson when it is
+    installed. orjson reads integers beyond 64 bits as floats, so text with a run of 19 digits, or text orjson
+    refuses (1e400), goes to :func:`json_from_text`: the value is always what ``json.loads`` gives."""
+    if _fast_loads is not None and not _LONG_DIGIT_RUN.search(value):
+        try:
+            return _fast_loads(value)
+        except ValueError:
+            pass
+    return py_json_from_text(value)
+
+
 class PyGuarded:
     """``load(value)``, or ``fallback(value)`` when ``load`` raises one of ``errors`` (the pure-Python
     ``Guarded``: a converter for loaders that can refuse a server's text, such as 'infinity' timestamps)."""
@@ -218,7 +243,7 @@ def _compiled() -> Any:
         speedups = importlib.import_module("pgchanges._speedups")
     except ImportError:
         return None
-    speedups.configure(DecodeError, UNCHANGED_TOAST, Mapping, _scan_json, json.loads)
+    speedups.configure(DecodeError, UNCHANGED_TOAST, Mapping, _scan_json, json.loads, _fast_loads)
     Mapping.register(speedups.Row)
     return speedups
 
@@ -233,6 +258,7 @@ split_tuple: Callable[[bytes | memoryview, int], tuple[tuple[ColumnValue, ...], 
 )
 tuple_end: Callable[[bytes | memoryview, int], int] = _C.tuple_end if _C is not None else py_tuple_end
 json_from_text: Converter = _C.json_from_text if _C is not None else py_json_from_text
+jsonb_from_text: Converter = _C.jsonb_from_text if _C is not None else py_jsonb_from_text
 Guarded: Any = _C.Guarded if _C is not None else PyGuarded
 #: microseconds since 2000-01-01 UTC → aware datetime, compiled (pgchanges.pgoutput.pg_timestamp uses it)
 compiled_pg_timestamp: Callable[[int], Any] | None = _C.pg_timestamp if _C is not None else None

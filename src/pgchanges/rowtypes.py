@@ -11,9 +11,11 @@ queries in ``capture/sql/queries/rowtypes.sql``.
 Rows are parsed twice only when they must be (see :mod:`pgchanges.sources.rows`): the fast parse gives every
 JSON fraction as a float, as psycopg's json loader does, which is what json and jsonb values must be; a
 numeric column needs every digit, so a row whose numeric value came back as a float (:meth:`RowType.inexact`)
-is parsed again with fractions as Decimal, and then typed by the *exact* converters, which turn the
-fractions inside json and jsonb values back into floats.
+is parsed again with fractions as Decimal, and typed by the *exact* converters, its json and jsonb values
+taken from the fast parse. Narrow numeric columns (``numeric(p, s)`` with p <= 15, whose every value a float
+holds exactly) need no second parse: the float printed with the column's scale is the text PostgreSQL wrote.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,7 +30,7 @@ import psycopg
 from psycopg import adapters, pq
 
 from pgchanges.capture.queries import fetch_all
-from pgchanges.rowmaps import Guarded, json_from_text
+from pgchanges.rowmaps import Guarded, json_from_text, jsonb_from_text
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +52,32 @@ def _to_float(value: Any) -> Any:
     return float(value)
 
 
-def _json_floats(value: Any) -> Any:
-    """A json value parsed with fractions as Decimal, with floats instead (as psycopg's json loader gives)."""
-    kind = type(value)
-    if kind is Decimal:
-        return float(value)
-    if kind is dict:
-        return {k: _json_floats(v) for k, v in value.items()}
-    if kind is list:
-        return [_json_floats(v) for v in value]
-    return value
+#: Significant digits that any decimal keeps through a float and back (DBL_DIG).
+FLOAT_DIGITS = 15
+
+
+def numeric_scale(type_mod: int) -> int | None:
+    """The scale of a ``numeric(p, s)`` column whose every value a float holds exactly (0 <= s <= p <= 15),
+    from its ``atttypmod``; None for any other numeric (unconstrained, wider, or a negative scale)."""
+    if type_mod < 4:
+        return None
+    precision = ((type_mod - 4) >> 16) & 0xFFFF
+    scale = (((type_mod - 4) & 0x7FF) ^ 1024) - 1024  # PostgreSQL's NUMERIC_TYPMOD_SCALE
+    return scale if 0 <= scale <= precision <= FLOAT_DIGITS else None
+
+
+def _scaled_decimal(scale: int) -> Converter:
+    """numeric(p, s) with p <= 15, from the fast parse: a fraction came as the float nearest to its text, and
+    that float printed with the column's ``s`` decimals is the text again (its error, below 10**-s / 8, cannot
+    move the last decimal), trailing zeros included: ``1.10`` → 1.1 → ``Decimal('1.10')``, as psycopg reads it."""
+    spec = f".{scale}f"
+
+    def convert(value: Any) -> Any:
+        if type(value) is float:
+            return Decimal(value.__format__(spec))
+        return _to_decimal(value)
+
+    return convert
 
 
 def _has_float(value: Any) -> bool:
@@ -128,8 +146,11 @@ class JsonConverters:
             info = self._types.get(oid)
         return oid, info
 
-    def for_oid(self, oid: int) -> Converter | None:
-        """For values parsed with fractions as floats; None when they need no conversion."""
+    def for_oid(self, oid: int, type_mod: int = -1) -> Converter | None:
+        """For values parsed with fractions as floats; None when they need no conversion. ``type_mod``: the
+        column's ``atttypmod`` (a numeric's precision and scale, which apply to an array's elements too)."""
+        if (scale := self._float_safe_scale(oid, type_mod)) is not None:
+            return _scaled_decimal(scale) if not self._is_array(oid) else _array_of(_scaled_decimal(scale))
         oid, info = self._base(oid)
         if info is not None and info.is_array and info.elem:
             element = self.for_oid(info.elem)
@@ -140,22 +161,32 @@ class JsonConverters:
             return None  # enums are their label; composites stay JSON objects
         return _SIMPLE.get(oid) or _text_loader(oid)
 
-    def for_oid_exact(self, oid: int) -> Converter | None:
-        """For values parsed with fractions as Decimal: json and jsonb get their floats back."""
-        base, info = self._base(oid)
+    def is_json(self, oid: int) -> bool:
+        """Whether values of the type are json or jsonb (in domains, arrays): fractions in them are floats."""
+        oid, info = self._base(oid)
         if info is not None and info.is_array and info.elem:
-            element = self.for_oid_exact(info.elem)
-            return None if element is None else _array_of(element)
-        if base in JSON_OIDS:
-            return _json_floats
-        return self.for_oid(oid)
+            return self.is_json(info.elem)
+        return oid in JSON_OIDS
 
-    def needs_digits(self, oid: int) -> bool:
-        """Whether JSON numbers of the type must keep every digit: numeric (in domains, arrays), composites."""
+    def needs_digits(self, oid: int, type_mod: int = -1) -> bool:
+        """Whether JSON numbers of the type must keep every digit that a float may lose: numeric (in domains,
+        arrays) other than the narrow ones that :func:`numeric_scale` accepts, and composites."""
+        if self._float_safe_scale(oid, type_mod) is not None:
+            return False
         oid, info = self._base(oid)
         if info is not None and info.is_array and info.elem:
             return self.needs_digits(info.elem)
         return oid == NUMERIC_OID or (info is not None and info.typtype == "c")
+
+    def _is_array(self, oid: int) -> bool:
+        info = self._types.get(oid)
+        return info is not None and info.is_array
+
+    def _float_safe_scale(self, oid: int, type_mod: int) -> int | None:
+        """The scale of a numeric or numeric[] column (not a domain) that floats hold exactly, else None."""
+        info = self._types.get(oid)
+        element = info.elem if info is not None and info.is_array else oid
+        return numeric_scale(type_mod) if element == NUMERIC_OID and type_mod >= 0 else None
 
 
 _SIMPLE: dict[int, Converter] = {
@@ -173,25 +204,29 @@ _SIMPLE: dict[int, Converter] = {
 class RowType:
     """The columns of one table and how to type each column's JSON value.
 
-    ``converters`` type a row parsed with fractions as floats, ``exact_converters`` one parsed with fractions
-    as Decimal; ``digits`` are the columns whose numbers need every digit (numeric ones).
+    ``converters`` type a row of the fast parse (fractions as floats), ``exact_converters`` a row parsed with
+    fractions as Decimal; ``digits`` are the columns whose numbers need every digit (numeric ones), ``json``
+    the json and jsonb columns, whose values an exact parse must take from the fast one.
     """
 
-    __slots__ = ("converters", "digits", "exact_converters", "names", "relid")
+    __slots__ = ("converters", "digits", "exact_converters", "json", "names", "relid")
 
     def __init__(
         self,
         relid: int,
         names: Iterable[str],
         converters: list[tuple[str, Converter]],
+        *,
         exact_converters: list[tuple[str, Converter]] | None = None,
         digits: Iterable[str] = (),
+        json: Iterable[str] = (),
     ) -> None:
         self.relid = relid
         self.names = frozenset(names)
         self.converters = converters
         self.exact_converters = converters if exact_converters is None else exact_converters
         self.digits = tuple(digits)
+        self.json = tuple(json)
 
     def matches(self, row: Mapping[str, Any]) -> bool:
         return row.keys() == self.names
@@ -208,8 +243,15 @@ class RowType:
                 row[name] = convert(value)
         return row
 
+    def take_json(self, row: dict[str, Any], fast: Mapping[str, Any]) -> None:
+        """Give ``row`` (parsed with fractions as Decimal) the json and jsonb values of ``fast``, the same row
+        from the fast parse, whose fractions are floats as psycopg's json loader gives them."""
+        for name in self.json:
+            if name in row:
+                row[name] = fast.get(name)
+
     def convert_exact(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Convert ``row`` (parsed with fractions as Decimal) in place and return it."""
+        """Convert ``row`` (parsed with fractions as Decimal, after :meth:`take_json`) in place and return it."""
         for name, convert in self.exact_converters:
             value = row.get(name)
             if value is not None:
@@ -223,17 +265,20 @@ def fetch_row_types(conn: psycopg.Connection[Any], relids: Iterable[int]) -> dic
     columns = fetch_all(conn, "table_column_types", {"table_oids": wanted})
     types = _fetch_types(conn, {int(c.type_oid) for c in columns})
     builder = JsonConverters(types)
-    grouped: dict[int, list[tuple[str, int]]] = {relid: [] for relid in wanted}
+    grouped: dict[int, list[tuple[str, int, int]]] = {relid: [] for relid in wanted}
     for c in columns:
-        grouped[int(c.table_oid)].append((c.column_name, int(c.type_oid)))
+        # type_mod (atttypmod) lets narrow numeric columns skip the exact parse; -1 where the query has none
+        grouped[int(c.table_oid)].append((c.column_name, int(c.type_oid), int(c.type_mod)))
     return {relid: _row_type(relid, cols, builder) for relid, cols in grouped.items()}
 
 
-def _row_type(relid: int, columns: list[tuple[str, int]], builder: JsonConverters) -> RowType:
-    converters = [(name, conv) for name, oid in columns if (conv := builder.for_oid(oid)) is not None]
-    exact = [(name, conv) for name, oid in columns if (conv := builder.for_oid_exact(oid)) is not None]
-    digits = [name for name, oid in columns if builder.needs_digits(oid)]
-    return RowType(relid, (name for name, _ in columns), converters, exact, digits)
+def _row_type(relid: int, columns: list[tuple[str, int, int]], builder: JsonConverters) -> RowType:
+    converters = [(name, conv) for name, oid, mod in columns if (conv := builder.for_oid(oid, mod)) is not None]
+    json = [name for name, oid, _ in columns if builder.is_json(oid)]
+    exact = [(name, conv) for name, oid, _ in columns if name not in json and (conv := builder.for_oid(oid))]
+    digits = [name for name, oid, mod in columns if builder.needs_digits(oid, mod)]
+    names = (name for name, _, _ in columns)
+    return RowType(relid, names, converters, exact_converters=exact, digits=digits, json=json)
 
 
 def fetch_type_info(conn: psycopg.Connection[Any], oids: set[int]) -> dict[int, TypeInfo]:
@@ -249,8 +294,8 @@ def text_converter(types: Mapping[int, TypeInfo], oid: int) -> Converter:
     info = types.get(oid)
     if info is not None and info.typtype == "d":
         return text_converter(types, info.base)
-    if oid in _JSON_OIDS:
-        return json_from_text
+    if oid in JSON_OIDS:  # jsonb's canonical text may take orjson; json keeps what was written, spaces and all
+        return jsonb_from_text if oid == 3802 else json_from_text
     loader_cls = adapters.get_loader(oid, pq.Format.TEXT)
     if loader_cls is None or (info is not None and info.typtype in ("e", "c")):
         return _decode_text
@@ -264,9 +309,6 @@ def text_converter(types: Mapping[int, TypeInfo], oid: int) -> Converter:
 
 # Types whose text form from the server always loads (unlike dates and times, where 'infinity' raises).
 _LOADERS_THAT_CANNOT_FAIL = frozenset({16, 17, 19, 20, 21, 23, 25, 26, 114, 700, 701, 1042, 1043, 1700, 2950, 3802})
-
-
-_JSON_OIDS = frozenset({114, 3802})  # json, jsonb
 
 
 def _decode_text(value: Any) -> Any:

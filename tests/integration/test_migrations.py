@@ -4,6 +4,8 @@ Such a database goes through the numbered migrations, never the baseline (tests/
 shows both paths end at the same schema).
 """
 
+from decimal import Decimal
+
 import pytest
 
 import pgchanges
@@ -65,3 +67,55 @@ async def test_version_5_outbox_and_notify_capture_carry_over(dsn, db):
     assert rules == [("notify", "notes"), ("outbox", "orders")]
     channel = db.execute("SELECT channel FROM pgchanges.capture_rules WHERE source = 'notify'").fetchone()[0]
     assert channel == "pgchanges:public.notes"
+
+
+def notify_trigger_functions(db):
+    return db.execute(
+        """SELECT t.tgname, p.oid::regprocedure::text, encode(t.tgargs, 'escape') FROM pg_trigger t
+           JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgrelid = 'notes'::regclass ORDER BY 1"""
+    ).fetchall()
+
+
+def format_1_function() -> str:
+    """The notify trigger function of versions 6 to 10 (payload format 1), as ``public.notify_format_1``."""
+    sql = next(m.sql for m in migrations.available() if m.version == 6)
+    start = sql.index("CREATE OR REPLACE FUNCTION pgchanges.notify_row_v1()")
+    body = sql[start : sql.index("$fn$;", start) + len("$fn$;")]
+    return body.replace("pgchanges.notify_row_v1()", "public.notify_format_1()")
+
+
+@pytest.mark.anyio
+async def test_notify_triggers_move_to_payload_format_2_and_format_1_payloads_stay_readable(dsn, db):
+    db.execute("CREATE TABLE notes (id int PRIMARY KEY, amount numeric(12,2), doc jsonb, body text)")
+    apply_one_by_one(db, 10)
+    channel = TableName("public", "notes").channel
+    db.execute(  # what version 10's install did: a rule, and the triggers that following it makes
+        """INSERT INTO pgchanges.capture_rules (source, schema_like, table_like, channel)
+           VALUES ('notify', 'public', 'notes', %s)""",
+        (channel,),
+    )
+    db.execute("SELECT pgchanges.follow_table_v1('notes'::regclass)")
+    assert {f for _, f, _ in notify_trigger_functions(db)} == {"pgchanges.notify_row_v1()"}
+
+    migrations.migrate(db)
+    assert notify_trigger_functions(db) == [
+        ("pgchanges_notify", "pgchanges.notify_row_v2()", f"{channel}\\000"),
+        ("pgchanges_notify_truncate", "pgchanges.notify_truncate_v2()", f"{channel}\\000"),
+    ]
+
+    # a writer still on format 1 (notifications in flight across the upgrade, payloads spilled before it)
+    db.execute(format_1_function())
+    db.execute(
+        "CREATE OR REPLACE TRIGGER pgchanges_notify AFTER INSERT OR UPDATE OR DELETE ON notes "
+        f"FOR EACH ROW EXECUTE FUNCTION public.notify_format_1('{channel}')"
+    )
+    async with pgchanges.stream(dsn, tables=["notes"]) as changes:
+        db.execute("""INSERT INTO notes VALUES (1, 1.10, '{"v": 0.1}', 'short')""")
+        db.execute("UPDATE notes SET body = %s WHERE id = 1", ("y" * 9000,))  # over NOTIFY's limit: spilled
+        db.execute("DELETE FROM notes WHERE id = 1")
+        insert, update, delete = await take(changes, 3)
+    assert (insert.op, update.op, delete.op) == ("insert", "update", "delete")
+    assert dict(insert.new) == {"id": 1, "amount": Decimal("1.10"), "doc": {"v": 0.1}, "body": "short"}
+    assert type(insert.new["doc"]["v"]) is float and str(insert.new["amount"]) == "1.10"
+    assert update.changed == ("body",) and len(update.new["body"]) == 9000 and update.old["body"] == "short"
+    assert delete.new is None and delete.old["body"] == "y" * 9000

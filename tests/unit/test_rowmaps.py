@@ -190,3 +190,24 @@ def test_the_compiled_timestamps_are_the_timedelta_sums(micros: int) -> None:
         return
     got = compiled(micros)
     assert got == expected and got.tzinfo is expected.tzinfo and got.isoformat() == expected.isoformat()
+
+
+json_texts = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=12,
+).map(lambda value: json.dumps(value, separators=(", ", ": ")).encode())
+
+JSONB_CONVERTERS = [rowmaps.py_jsonb_from_text] + ([rowmaps.jsonb_from_text] if rowmaps.IMPLEMENTATION == "c" else [])
+
+
+@pytest.mark.parametrize("jsonb_from_text", JSONB_CONVERTERS)
+@example(text=b"123456789012345678901234567890")
+@example(text=b"[1e400]")
+@example(text=b'{"a": 18446744073709551616}')
+@given(text=json_texts)
+def test_jsonb_values_are_what_json_loads_gives(jsonb_from_text: Any, text: bytes) -> None:
+    """orjson reads what json.loads reads, but integers beyond 64 bits as floats: those take the scanner."""
+    got, expected = jsonb_from_text(text), json.loads(text)
+    assert got == expected and repr(got) == repr(expected)

@@ -4,6 +4,10 @@ psycopg's ``AsyncConnection`` is asyncio-only, but its ``pq`` layer is runtime-n
 socket with :func:`anyio.wait_readable`, then ``consume_input()`` and drain ``notifies()``. No thread per
 wait. Notifications that arrive while psycopg itself runs a command on this connection (LISTEN, UNLISTEN)
 reach us through psycopg's notify handler, so none is dropped.
+
+:meth:`Listener.receive_raw` gives plain ``(channel, payload bytes, pid)`` tuples, which the notify source
+reads in bulk: a frozen dataclass per notification cost more than taking it from libpq, and the JSON parser
+takes the payload's bytes as they came. :meth:`Listener.receive` gives :class:`Notification` objects.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class Notification:
     pid: int
 
 
+Raw = tuple[str, bytes, int]  # channel, payload (UTF-8), pid
+
+
 class Listener:
     """Owns one connection that LISTENs on a fixed set of channels."""
 
@@ -38,7 +45,8 @@ class Listener:
         self._conninfo = conninfo
         self._channels = list(dict.fromkeys(channels))
         self._conn: psycopg.Connection[Any] | None = None
-        self._backlog: deque[Notification] = deque()
+        self._backlog: deque[Raw] = deque()
+        self._decoded: dict[bytes, str] = {}  # channel names as libpq gives them → str
 
     @property
     def backend_pid(self) -> int | None:
@@ -56,7 +64,7 @@ class Listener:
         self._conn = conn
 
     def _on_notify_during_command(self, notify: psycopg.Notify) -> None:
-        self._backlog.append(Notification(notify.channel, notify.payload, notify.pid))
+        self._backlog.append((notify.channel, notify.payload.encode(), notify.pid))
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -69,18 +77,27 @@ class Listener:
 
     async def receive(self) -> list[Notification]:
         """Wait for at least one notification and return all that have arrived, in order."""
+        return [Notification(channel, payload.decode(), pid) for channel, payload, pid in await self.receive_raw()]
+
+    async def receive_raw(self) -> list[Raw]:
+        """As :meth:`receive`, as ``(channel, payload, pid)`` tuples with the payload's bytes."""
         conn = self._conn
         if conn is None:
             raise ConnectionLost("listener is not connected")
         pgconn = conn.pgconn
-        out: list[Notification] = []
+        out: list[Raw] = []
         if self._backlog:
             out.extend(self._backlog)
             self._backlog.clear()
+        channels = self._decoded
         while True:
             notify = pgconn.notifies()
             while notify is not None:
-                out.append(Notification(notify.relname.decode(), notify.extra.decode(), notify.be_pid))
+                relname = notify.relname
+                channel = channels.get(relname)
+                if channel is None:
+                    channel = channels[relname] = relname.decode()
+                out.append((channel, notify.extra, notify.be_pid))
                 notify = pgconn.notifies()
             if out:
                 return out

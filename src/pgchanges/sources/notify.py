@@ -4,6 +4,10 @@ At-most-once: NOTIFY is not queued for a listener that is away. When the LISTEN 
 reconnects with backoff and, once LISTEN is in place again (so nothing after the signal can be missed), emits
 a ``gap`` change so handlers can resynchronise. Payloads over NOTIFY's 8000-byte limit were spilled into
 ``pgchanges.spill`` by the trigger; the source fetches them, in order, in the same batch.
+
+Payloads are JSON (format 2 since schema version 11, ``notify_row_v2``; format 1 has the same keys, so events
+in flight across an upgrade and payloads spilled before it read the same). They are parsed with fractions as
+floats and parsed again with every digit only when a numeric value needs it (:mod:`pgchanges.sources.rows`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pgchanges.capture import install as capture
 from pgchanges.capture.ddl import DDL_CHANNEL
 from pgchanges.capture.queries import fetch_all, query
 from pgchanges.change import Change
-from pgchanges.db.listener import Listener, Notification
+from pgchanges.db.listener import Listener, Notification, Raw
 from pgchanges.db.threaded import ThreadedConnection
 from pgchanges.errors import ConnectionLost, NotInstalled
 from pgchanges.names import TableName
@@ -36,7 +40,7 @@ from pgchanges.sources.base import (
     reconnect_with_backoff,
 )
 from pgchanges.sources.options import NotifyOptions
-from pgchanges.sources.rows import parse_json, row_change
+from pgchanges.sources.rows import ParsedRows, parse_exact, parse_json, row_change
 
 #: How many recent event ids are remembered to drop an event that a second channel delivers again. The
 #: notifications of one transaction arrive together, so this only needs to span one commit's worth.
@@ -45,13 +49,30 @@ RECENT_IDS = 10_000
 log = logging.getLogger(__name__)
 
 
-def parse_payload(text: str) -> dict[str, Any]:
-    """A payload written by the notify trigger."""
+def parse_payload(text: str | bytes) -> dict[str, Any]:
+    """A payload written by the notify trigger (either version: see ``notify_row_v2`` in capture/sql), parsed
+    with fractions as floats (:func:`pgchanges.sources.rows.parse_json`)."""
     value: dict[str, Any] = parse_json(text)
     return value
 
 
-_Parsed = dict[str, Any] | Notification | Change  # a decoded payload, a plain notification, or a DDL change
+def exact_rows(text: str | bytes) -> ParsedRows:
+    """The rows of the payload ``text``, parsed again with every digit (fractions as Decimal)."""
+    value: dict[str, Any] = parse_exact(text)
+    return value.get("n"), value.get("o")
+
+
+class _Payload:
+    """A parsed payload and its text (for :func:`exact_rows`)."""
+
+    __slots__ = ("data", "text")
+
+    def __init__(self, data: dict[str, Any], text: str | bytes) -> None:
+        self.data = data
+        self.text = text
+
+
+_Parsed = _Payload | Notification | Change  # a payload, a plain notification, or a DDL change
 
 
 class NotifySource:
@@ -124,7 +145,7 @@ class NotifySource:
         stopper = self._stopper
         while not stopper.stopping:
             try:
-                notifications = await stopper.wait(self._listener.receive())
+                notifications = await stopper.wait(self._listener.receive_raw())
             except ConnectionLost as exc:
                 reason = f"LISTEN connection lost: {exc}"
                 log.warning("%s; reconnecting", reason)
@@ -150,27 +171,29 @@ class NotifySource:
             log.warning("LISTEN re-established; changes may have been missed")
         return reopened
 
-    async def _decode(self, notifications: list[Notification]) -> list[Event]:
+    async def _decode(self, notifications: list[Raw]) -> list[Event]:
         parsed: list[_Parsed] = []
         spilled: list[int] = []
         needs_types = False
         table_channels, stale = self._table_channels, self._stale
-        for note in notifications:
-            if note.channel not in table_channels:
-                parsed.append(ddl_capture.to_change(note.payload, note.pid) if note.channel == DDL_CHANNEL else note)
+        for channel, text, pid in notifications:
+            if channel not in table_channels:
+                payload = text.decode()
+                is_ddl = channel == DDL_CHANNEL
+                parsed.append(ddl_capture.to_change(payload, pid) if is_ddl else Notification(channel, payload, pid))
                 continue
-            data = parse_payload(note.payload)
+            data = parse_payload(text)
             if self._seen_before(data["id"]):
                 continue  # the same event on a second channel: its table matches several subscribed rules
             if "spill" in data:
                 spilled.append(data["id"])
             elif not needs_types:
                 needs_types = stale(data)
-            parsed.append(data)
+            parsed.append(_Payload(data, text))
         if spilled or needs_types:
             parsed = await self._control.call_reopening(self._fetch_spills_and_types, parsed, spilled)
         to_change = self._to_change
-        return [item if isinstance(item, Notification | Change) else to_change(item) for item in parsed]
+        return [to_change(item) if isinstance(item, _Payload) else item for item in parsed]
 
     def _seen_before(self, event_id: int) -> bool:
         """Whether ``event_id`` arrived already, on another channel (recent ids only: they come together)."""
@@ -189,22 +212,20 @@ class NotifySource:
     ) -> list[_Parsed]:
         if spilled:
             rows = {r.id: r.payload for r in fetch_all(conn, "spilled_payloads", {"ids": spilled})}
-            resolved: list[_Parsed] = []
-            for item in parsed:
-                resolved.append(self._unspill(item, rows) if isinstance(item, dict) and item.get("spill") else item)
-            parsed = resolved
-        stale = {item["r"] for item in parsed if isinstance(item, dict) and "r" in item and self._stale(item)}
+            unspill = self._unspill
+            parsed = [unspill(i.data, rows) if isinstance(i, _Payload) and "spill" in i.data else i for i in parsed]
+        stale = {i.data["r"] for i in parsed if isinstance(i, _Payload) and "r" in i.data and self._stale(i.data)}
         if stale:
             self._row_types.update(fetch_row_types(conn, stale))
         return parsed
 
     @staticmethod
-    def _unspill(item: dict[str, Any], payloads: dict[int, str]) -> dict[str, Any]:
+    def _unspill(item: dict[str, Any], payloads: dict[int, str]) -> _Payload:
         payload = payloads.get(item["id"])
         if payload is not None:
-            return parse_payload(payload)
+            return _Payload(parse_payload(payload), payload)
         log.error("spilled payload %s of %s.%s is gone (older than the retention?)", item["id"], item["s"], item["t"])
-        return {"gap": f"spilled payload {item['id']} expired", "s": item["s"], "t": item["t"]}
+        return _Payload({"gap": f"spilled payload {item['id']} expired", "s": item["s"], "t": item["t"]}, "")
 
     def _stale(self, item: dict[str, Any]) -> bool:
         """Whether the cached column types of the item's table are missing or no longer fit its row."""
@@ -212,7 +233,8 @@ class NotifySource:
         row = item.get("n") or item.get("o")
         return row_type is None or (row is not None and not row_type.matches(row))
 
-    def _to_change(self, data: dict[str, Any]) -> Change:
+    def _to_change(self, payload: _Payload) -> Change:
+        data, text = payload.data, payload.text
         if "gap" in data:
             return gap_marker(self.name, data["gap"], data["s"], data["t"])
         event_id = data["id"]
@@ -223,6 +245,7 @@ class NotifySource:
             table=data["t"],
             new=data.get("n"),
             old=data.get("o"),
+            exact=lambda: exact_rows(text),
             xid=data.get("x"),
             position=event_id,
             source="notify",

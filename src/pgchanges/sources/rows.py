@@ -1,4 +1,14 @@
-"""Turning a row event written by a trigger (JSON rows, table oid) into a typed, immutable Change."""
+"""Turning a row event written by a trigger (JSON rows, table oid) into a typed, immutable Change.
+
+Parsing is the largest part of a JSON source's work per change (profiled: ``json`` with ``parse_float=Decimal``
+was a quarter to a third of the notify source's time), so rows are parsed with orjson when it is installed,
+fractions as floats: what psycopg's json loader gives for json and jsonb values. Numeric columns need every
+digit, and a float keeps only about 16: a row whose numeric value came back as a float is parsed again with
+fractions as Decimal (:func:`parse_exact`) and typed by the row type's exact converters, its json and
+jsonb values taken from the first parse. Rows of tables without numeric columns, with narrow ones (see
+:mod:`pgchanges.rowtypes`), or whose numerics are integers, are parsed once. Texts that may hold integers
+beyond 64 bits, which orjson would turn into floats, go through the standard ``json`` module.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +21,70 @@ from pgchanges.change import EMPTY, Change, Op, Row, freeze
 from pgchanges.lazy import LazyMapping
 from pgchanges.rowtypes import RowType
 
-# One decoder for every payload: json.loads(..., parse_float=Decimal) would build a new decoder per call
+_fast_loads: Callable[[bytes], Any] | None
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; the standard module gives the same values
+    _fast_loads = None
+else:
+    _fast_loads = orjson.loads
+
+# orjson turns an integer beyond 64 bits into a float (digits lost, and not the int psycopg gives), so a text
+# with a run of 19 digits or more (any such integer has one) is parsed by the standard module instead: a
+# translate and a substring search, cheaper than looking at every parsed value.
+_DIGITS = bytes(48 if 48 <= code <= 57 else 32 for code in range(256))  # digits → "0", the rest → " "
+_LONG_RUN = b"0" * 19
+
+# One decoder for every exact parse: json.loads(..., parse_float=Decimal) would build a new decoder per call
 # (see bench/results/design-measurements.md), and raw_decode skips the whitespace regex.
-_decode_json = json.JSONDecoder(parse_float=Decimal).raw_decode
+_decode_exact = json.JSONDecoder(parse_float=Decimal).raw_decode
 _MISSING = object()
 
 
-def parse_json(text: str) -> Any:
+def parse_json(text: str | bytes) -> Any:
+    """JSON as psycopg's json loader reads it: fractions as float, integers as int (of any size)."""
+    raw = text.encode() if isinstance(text, str) else text
+    if _fast_loads is None or _LONG_RUN in raw.translate(_DIGITS):
+        return json.loads(raw)
+    return _fast_loads(raw)
+
+
+def parse_exact(text: str | bytes) -> Any:
     """JSON written by PostgreSQL, numbers with a fraction as Decimal (no digit lost)."""
-    return _decode_json(text)[0]
+    return _decode_exact(text if isinstance(text, str) else text.decode())[0]
+
+
+ParsedRows = tuple[dict[str, Any] | None, ...]
+
+
+def exact_if_needed(
+    row_type: RowType | None, rows: ParsedRows, exact: Callable[[], ParsedRows]
+) -> tuple[ParsedRows, bool]:
+    """``rows`` (from :func:`parse_json`), or ``exact()`` (the same parsed with fractions as Decimal) when the
+    types are unknown or a numeric value of one of them came back as a float; and whether they are exact. Exact
+    rows get their json and jsonb values from ``rows`` (floats there, as psycopg gives them)."""
+    if row_type is None:
+        return exact(), True  # types unknown: keep every digit of what may be a numeric
+    if not row_type.digits or not any(row is not None and row_type.inexact(row) for row in rows):
+        return rows, False
+    exact_rows = exact()
+    if row_type.json:
+        for row, fast in zip(exact_rows, rows, strict=True):
+            if row is not None and fast is not None:
+                row_type.take_json(row, fast)
+    return exact_rows, True
+
+
+def convert(row_type: RowType | None, rows: ParsedRows, exact: bool) -> None:
+    """Type ``rows`` in place by ``row_type`` (parsed as :func:`exact_if_needed` says)."""
+    if row_type is None:
+        return
+    for row in rows:
+        if row is not None:
+            if exact:
+                row_type.convert_exact(row)
+            else:
+                row_type.convert(row)
 
 
 def row_change(
@@ -30,6 +95,7 @@ def row_change(
     table: str,
     new: dict[str, Any] | None,
     old: dict[str, Any] | None,
+    exact: Callable[[], ParsedRows],
     xid: int | None,
     position: int | str | None,
     source: str,
@@ -37,18 +103,18 @@ def row_change(
     extra: Row | None = None,
     on_stale: Callable[[], None] | None = None,
 ) -> Change:
-    """A Change with ``changed`` computed from the raw JSON rows, then values typed by ``row_type`` (see
-    :func:`fitting` for a ``row_type`` that no longer fits the rows)."""
+    """A Change with ``changed`` computed from the parsed rows, then values typed by ``row_type``.
+
+    ``exact()`` gives ``new`` and ``old`` parsed again with fractions as Decimal (see :func:`exact_if_needed`);
+    rows that ``row_type`` no longer fits (see :func:`fitting`) stay as that exact parse gave them.
+    """
+    if on_stale is not None:
+        row_type = fitting(row_type, on_stale, new, old)
+    (new, old), is_exact = exact_if_needed(row_type, (new, old), exact)
     changed = EMPTY
     if new is not None and old is not None:
         changed = tuple(key for key, value in new.items() if old.get(key, _MISSING) != value)
-    if on_stale is not None:
-        row_type = fitting(row_type, on_stale, new, old)
-    if row_type is not None:
-        if new is not None:
-            row_type.convert(new)
-        if old is not None:
-            row_type.convert(old)
+    convert(row_type, (new, old), is_exact)
     return Change(change_id, op, schema, table, freeze(new), freeze(old), changed, xid, None, position, source, extra)
 
 
@@ -59,6 +125,18 @@ def fitting(row_type: RowType | None, on_stale: Callable[[], None], *rows: dict[
         return row_type
     on_stale()
     return None
+
+
+def decode_row(text: str, row_type: RowType | None, on_stale: Callable[[], None]) -> dict[str, Any]:
+    """One row as ``to_json`` wrote it, parsed and typed by ``row_type`` (see :func:`exact_if_needed` and
+    :func:`fitting`)."""
+    values: dict[str, Any] = parse_json(text)
+    row_type = fitting(row_type, on_stale, values)
+    rows, is_exact = exact_if_needed(row_type, (values,), lambda: (parse_exact(text),))
+    convert(row_type, rows, is_exact)
+    row = rows[0]
+    assert row is not None
+    return row
 
 
 class LazyJsonRow(LazyMapping):
@@ -78,9 +156,6 @@ class LazyJsonRow(LazyMapping):
 
     def _decode(self) -> dict[str, Any]:
         assert self._text is not None
-        values: dict[str, Any] = parse_json(self._text)
+        values = decode_row(self._text, self._row_type, self._on_stale)
         self._text = None
-        row_type = fitting(self._row_type, self._on_stale, values)
-        if row_type is not None:
-            row_type.convert(values)
         return values

@@ -1,8 +1,9 @@
 """Outbox event rows (as the claim queries return them, read by column name) → typed, immutable Changes.
 
 Inserts and deletes carry one row, parsed and typed when a handler first reads it (:class:`LazyJsonRow`);
-updates are decoded at once, because ``changed`` needs both rows. Column types are read once per table and
-read again when a row no longer fits them (the table changed since).
+updates are decoded at once, because ``changed`` needs both rows. Rows are parsed as :mod:`pgchanges.sources.rows`
+says (fractions as floats, again with every digit when a numeric needs it). Column types are read once per
+table and read again when a row no longer fits them (the table changed since).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pgchanges.capture.queries import Columns
 from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.rowtypes import RowType, fetch_row_types
 from pgchanges.sources.outbox.claims import Claimed
-from pgchanges.sources.rows import LazyJsonRow, parse_json, row_change
+from pgchanges.sources.rows import LazyJsonRow, ParsedRows, parse_exact, parse_json, row_change
 
 SOURCE = "outbox"
 
@@ -80,13 +81,22 @@ class EventDecoder:
                 SOURCE,
                 extra,
             )
+        new_text, old_text = row[col.new_row], row[col.old_row]
+
+        def exact() -> ParsedRows:
+            return (
+                parse_exact(new_text) if new_text is not None else None,
+                parse_exact(old_text) if old_text is not None else None,
+            )
+
         return row_change(
             change_id=f"outbox:{event_id}",
             op=op,
             schema=row[col.schema_name],
             table=row[col.table_name],
-            new=parse_json(row[col.new_row]) if row[col.new_row] is not None else None,
-            old=parse_json(row[col.old_row]) if row[col.old_row] is not None else None,
+            new=parse_json(new_text) if new_text is not None else None,
+            old=parse_json(old_text) if old_text is not None else None,
+            exact=exact,
             xid=row[col.xid],
             position=event_id,
             source=SOURCE,

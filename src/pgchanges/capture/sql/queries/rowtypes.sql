@@ -2,7 +2,7 @@
 -- Parameters are %(name)s.
 
 -- name: table_column_types
-SELECT a.attrelid AS table_oid, a.attname AS column_name, a.atttypid AS type_oid
+SELECT a.attrelid AS table_oid, a.attname AS column_name, a.atttypid AS type_oid, a.atttypmod AS type_mod
 FROM pg_catalog.pg_attribute a
 WHERE a.attrelid = ANY (%(table_oids)s) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attrelid, a.attnum

@@ -1,13 +1,13 @@
--- pgchanges schema: the baseline of migration 0010, the schema that version 0.1.0 installs.
+-- pgchanges schema: the baseline of migration 0011.
 --
--- A fresh install runs this one file instead of 0001_base.sql .. 0010_outbox_cut_pieces.sql. It creates the
--- schema exactly as those ten migrations, applied one by one, leave it (tables, columns in their order,
--- defaults, constraints, indexes, sequences, functions, the view) and records the ten as applied, so a
+-- A fresh install runs this one file instead of 0001_base.sql .. 0011_notify_payload_v2.sql. It creates the
+-- schema exactly as those eleven migrations, applied one by one, leave it (tables, columns in their order,
+-- defaults, constraints, indexes, sequences, functions, the view) and records the eleven as applied, so a
 -- database installed from here and one migrated from any earlier version are the same from then on.
 -- tests/integration/test_baseline.py compares the catalogs of the two, so they cannot drift apart.
 --
 -- Never edit this file, nor a numbered migration, once it has landed. Every change to the schema is a new
--- numbered migration (0011_*.sql and on), which then applies on top of this baseline and of 0010 alike.
+-- numbered migration (0012_*.sql and on), which then applies on top of this baseline and of 0011 alike.
 -- Functions carry a version suffix, so that a migration can add a new version beside the one it replaces.
 --
 -- The numbered migrations tell how each object came to be; the comments here say what each one is for.
@@ -55,38 +55,67 @@ CREATE TABLE pgchanges.spill (
 );
 CREATE INDEX spill_created_at ON pgchanges.spill (created_at);
 
--- Row and TRUNCATE trigger of the notify source. Its arguments are the channels to signal (one per matching
--- rule). The payload is JSON:
---   v: format version, id: event id, op, s/t: schema/table, r: table oid, x: transaction id,
---   n/o: new/old row as to_json() writes it (typed back to Python by the listener).
--- SECURITY DEFINER so that writers need no privilege on the pgchanges schema for spilling.
-CREATE FUNCTION pgchanges.notify_row_v1() RETURNS trigger
+-- Row trigger of the notify source (INSERT, UPDATE, DELETE). Its arguments are the channels to signal (one per
+-- matching rule). The payload is JSON, written by concatenation in one expression:
+--   v: format version (2), id: event id, r: table oid, x: transaction id, s/t: schema/table, op,
+--   n/o: new/old row as to_json() writes it (typed back to Python by the listener), absent when there is none.
+-- Payloads of 8000 bytes or more are stored in pgchanges.spill and the notification carries only their id
+-- (v, id, spill, s, t). SECURITY DEFINER so that writers need no privilege on the pgchanges schema (the event
+-- sequence, the spill table); no SET clause, which would save and restore search_path on every call: every
+-- function, operator, type and table is schema-qualified, so a writer's search_path redirects nothing.
+CREATE FUNCTION pgchanges.notify_row_v2() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
-    event_id bigint := nextval('pgchanges.event_seq');
-    payload  text;
+    payload  pg_catalog.text := '{"v":2,"id":'
+        OPERATOR(pg_catalog.||) pg_catalog.nextval('pgchanges.event_seq'::pg_catalog.regclass)
+        OPERATOR(pg_catalog.||) ',"r":' OPERATOR(pg_catalog.||) TG_RELID
+        OPERATOR(pg_catalog.||) ',"x":' OPERATOR(pg_catalog.||) pg_catalog.pg_current_xact_id()
+        OPERATOR(pg_catalog.||) ',"s":' OPERATOR(pg_catalog.||) pg_catalog.to_json(TG_TABLE_SCHEMA)
+        OPERATOR(pg_catalog.||) ',"t":' OPERATOR(pg_catalog.||) pg_catalog.to_json(TG_TABLE_NAME)
+        OPERATOR(pg_catalog.||) CASE
+            WHEN TG_OP OPERATOR(pg_catalog.=) 'INSERT'
+                THEN ',"op":"insert","n":' OPERATOR(pg_catalog.||) pg_catalog.to_json(NEW)
+            WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE'
+                THEN ',"op":"delete","o":' OPERATOR(pg_catalog.||) pg_catalog.to_json(OLD)
+            ELSE ',"op":"update","n":' OPERATOR(pg_catalog.||) pg_catalog.to_json(NEW)
+                 OPERATOR(pg_catalog.||) ',"o":' OPERATOR(pg_catalog.||) pg_catalog.to_json(OLD)
+        END OPERATOR(pg_catalog.||) '}';
+    event_id  pg_catalog.int8;
 BEGIN
-    IF TG_LEVEL = 'STATEMENT' THEN
-        payload := json_build_object(
-            'v', 1, 'id', event_id, 'op', 'truncate', 's', TG_TABLE_SCHEMA, 't', TG_TABLE_NAME,
-            'r', TG_RELID::bigint, 'x', pg_current_xact_id()::text::bigint)::text;
-    ELSE
-        payload := json_build_object(
-            'v', 1, 'id', event_id, 'op', lower(TG_OP), 's', TG_TABLE_SCHEMA, 't', TG_TABLE_NAME,
-            'r', TG_RELID::bigint, 'x', pg_current_xact_id()::text::bigint,
-            'n', CASE WHEN TG_OP <> 'DELETE' THEN to_json(NEW) END,
-            'o', CASE WHEN TG_OP <> 'INSERT' THEN to_json(OLD) END)::text;
-    END IF;
-    IF octet_length(payload) >= 8000 THEN
+    IF pg_catalog.octet_length(payload) OPERATOR(pg_catalog.>=) 8000 THEN
+        event_id := pg_catalog.currval('pgchanges.event_seq'::pg_catalog.regclass);  -- the nextval above
         INSERT INTO pgchanges.spill (id, payload) VALUES (event_id, payload);
-        payload := json_build_object(
-            'v', 1, 'id', event_id, 'spill', true, 's', TG_TABLE_SCHEMA, 't', TG_TABLE_NAME)::text;
+        payload := '{"v":2,"id":' OPERATOR(pg_catalog.||) event_id
+            OPERATOR(pg_catalog.||) ',"spill":true,"s":' OPERATOR(pg_catalog.||) pg_catalog.to_json(TG_TABLE_SCHEMA)
+            OPERATOR(pg_catalog.||) ',"t":' OPERATOR(pg_catalog.||) pg_catalog.to_json(TG_TABLE_NAME)
+            OPERATOR(pg_catalog.||) '}';
     END IF;
-    PERFORM pg_notify(TG_ARGV[0], payload);
-    FOR i IN 1 .. TG_NARGS - 1 LOOP
-        PERFORM pg_notify(TG_ARGV[i], payload);
+    PERFORM pg_catalog.pg_notify(TG_ARGV[0], payload);
+    IF TG_NARGS OPERATOR(pg_catalog.>) 1 THEN
+        FOR i IN 1 .. TG_NARGS OPERATOR(pg_catalog.-) 1 LOOP
+            PERFORM pg_catalog.pg_notify(TG_ARGV[i], payload);
+        END LOOP;
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+
+-- TRUNCATE trigger of the notify source (same arguments): the payload of format 2 without rows.
+CREATE FUNCTION pgchanges.notify_truncate_v2() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+AS $fn$
+DECLARE
+    payload  pg_catalog.text := '{"v":2,"id":'
+        OPERATOR(pg_catalog.||) pg_catalog.nextval('pgchanges.event_seq'::pg_catalog.regclass)
+        OPERATOR(pg_catalog.||) ',"r":' OPERATOR(pg_catalog.||) TG_RELID
+        OPERATOR(pg_catalog.||) ',"x":' OPERATOR(pg_catalog.||) pg_catalog.pg_current_xact_id()
+        OPERATOR(pg_catalog.||) ',"s":' OPERATOR(pg_catalog.||) pg_catalog.to_json(TG_TABLE_SCHEMA)
+        OPERATOR(pg_catalog.||) ',"t":' OPERATOR(pg_catalog.||) pg_catalog.to_json(TG_TABLE_NAME)
+        OPERATOR(pg_catalog.||) ',"op":"truncate"}';
+BEGIN
+    FOR i IN 0 .. TG_NARGS OPERATOR(pg_catalog.-) 1 LOOP
+        PERFORM pg_catalog.pg_notify(TG_ARGV[i], payload);
     END LOOP;
     RETURN NULL;
 END
@@ -561,9 +590,9 @@ BEGIN
                                                  WHERE k.table_oid = p_table AND k.source = 'notify') THEN
             SELECT string_agg(quote_literal(ch), ', ') INTO args FROM unnest(channels) AS ch;
             EXECUTE format('CREATE OR REPLACE TRIGGER pgchanges_notify AFTER INSERT OR UPDATE OR DELETE ON %s '
-                           'FOR EACH ROW EXECUTE FUNCTION pgchanges.notify_row_v1(%s)', t_ident, args);
+                           'FOR EACH ROW EXECUTE FUNCTION pgchanges.notify_row_v2(%s)', t_ident, args);
             EXECUTE format('CREATE OR REPLACE TRIGGER pgchanges_notify_truncate AFTER TRUNCATE ON %s '
-                           'FOR EACH STATEMENT EXECUTE FUNCTION pgchanges.notify_row_v1(%s)', t_ident, args);
+                           'FOR EACH STATEMENT EXECUTE FUNCTION pgchanges.notify_truncate_v2(%s)', t_ident, args);
             changed := true;
         END IF;
         INSERT INTO pgchanges.captures (table_oid, schema_name, table_name, source, key_columns, channels)
@@ -779,4 +808,5 @@ INSERT INTO pgchanges.migrations (version, name) VALUES
     (7, 'polling'),
     (8, 'outbox_lanes'),
     (9, 'outbox_write_path'),
-    (10, 'outbox_cut_pieces');
+    (10, 'outbox_cut_pieces'),
+    (11, 'notify_payload_v2');
