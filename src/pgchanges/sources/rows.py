@@ -39,6 +39,8 @@ _LONG_RUN = b"0" * 19
 # (see bench/results/design-measurements.md), and raw_decode skips the whitespace regex.
 _decode_exact = json.JSONDecoder(parse_float=Decimal).raw_decode
 _MISSING = object()
+# Change(...) runs the NamedTuple's generated __new__, a Python frame per change; the tuple's own is C
+_new_change = tuple.__new__
 
 
 def parse_json(text: str | bytes) -> Any:
@@ -115,7 +117,8 @@ def row_change(
     if new is not None and old is not None:
         changed = tuple(key for key, value in new.items() if old.get(key, _MISSING) != value)
     convert(row_type, (new, old), is_exact)
-    return Change(change_id, op, schema, table, freeze(new), freeze(old), changed, xid, None, position, source, extra)
+    fields = (change_id, op, schema, table, freeze(new), freeze(old), changed, xid, None, position, source, extra)
+    return _new_change(Change, fields)
 
 
 def fitting(row_type: RowType | None, on_stale: Callable[[], None], *rows: dict[str, Any] | None) -> RowType | None:
