@@ -180,10 +180,16 @@ def main() -> None:
                     key = f"{workload}, {'reads every value' if read else 'no-op handler'}"
                     rows.setdefault(key, {})[name] = per_change(checkout, Path(tmp) / f"{workload}.pkl", n, read)
                     print(key, name, rows[key][name], flush=True)
-    report(rows, args)
+    report(rows, args, {name: _revision(path) for name, path in checkouts.items()})
 
 
-def report(rows: dict[str, dict[str, int]], args: argparse.Namespace) -> None:
+def _revision(checkout: Path) -> str:
+    command = ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"]
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    return done.stdout.strip() or "?"
+
+
+def report(rows: dict[str, dict[str, int]], args: argparse.Namespace, revisions: dict[str, str]) -> None:
     names = list(next(iter(rows.values())))
     head = " | ".join(names) + (" | baseline ÷ this checkout" if "baseline" in names else "")
     lines = [f"| replay of the recorded stream | {head} |", "|---" * (len(names) + 1 + ("baseline" in names)) + "|"]
@@ -197,6 +203,7 @@ def report(rows: dict[str, dict[str, int]], args: argparse.Namespace) -> None:
 {args.changes // 2:,}, mixed, minus the same replay with none): framing, the transaction tracker and row decoding,
 without the socket or the App. Counts do not depend on what else the machine runs.
 Reproduce: `.venv/bin/python -m bench.decode_instructions --baseline <checkout>`.
+Revisions: {", ".join(f"{name} {rev}" for name, rev in revisions.items())} (commits; uncommitted edits count too).
 
 {chr(10).join(lines)}
 
