@@ -5,6 +5,8 @@
 A process started with :meth:`Partition.command` runs inside the namespace and can reach the host only through
 the pair. :meth:`Partition.cut` puts a ``blackhole`` qdisc on both ends, which silently drops every packet (no
 RST, no ICMP: exactly what a dead switch or a lost route looks like to TCP); :meth:`Partition.heal` removes it.
+:meth:`Partition.slow` makes the pair a slow, lossy link instead (a ``tbf`` qdisc: this kernel has no netem;
+see the method), and :meth:`Partition.unslow` makes it fast again.
 
 :class:`PartitionCluster` is a :class:`~pgchanges.embedded.LocalCluster` that also listens on ``host_ip`` and
 trusts the pair's subnet. :class:`Consumer` runs ``pgchanges`` in the namespace and collects its output;
@@ -21,6 +23,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +58,12 @@ def _tc(*args: str, netns: str | None = None, check: bool = True) -> subprocess.
     return _run(["tc", *args] if netns is None else ["ip", "netns", "exec", netns, "tc", *args], check)
 
 
+def _dropped(stats: str) -> int:
+    """Packets a qdisc dropped (``dropped N`` in ``tc -s qdisc show``)."""
+    found = re.search(r"dropped (\d+)", stats)
+    return int(found.group(1)) if found else 0
+
+
 def skip_reason() -> str | None:
     """Why a partition cannot be made here (None: it can)."""
     if os.geteuid() != 0:
@@ -81,6 +90,7 @@ class Partition:
         self.host_ip = ""
         self.ns_ip = ""
         self.is_cut = False
+        self.is_slow = False
         self._made = False
 
     @property
@@ -131,6 +141,27 @@ class Partition:
             _tc("qdisc", "del", "dev", self.ns_if, "root", netns=self.netns)
         self.is_cut = False
 
+    def slow(self, rate: str = "256kbit", queue_bytes: int = 3000) -> None:
+        """Shape both ends to ``rate`` with a queue of ``queue_bytes`` (two full-size packets by default): every
+        packet waits its turn (latency), and one that finds the queue full is dropped (loss; TCP retransmits
+        it). There is no netem module here (nor iptables or tc classifiers), so this is the slow link: the loss
+        comes from bursts that do not fit, not from a random draw."""
+        shape = ("root", "tbf", "rate", rate, "burst", "1600", "limit", str(queue_bytes))
+        _tc("qdisc", "add", "dev", self.host_if, *shape)
+        _tc("qdisc", "add", "dev", self.ns_if, *shape, netns=self.netns)
+        self.is_slow = True
+
+    def unslow(self) -> int:
+        """Remove the shaping; the packets it dropped (both ends)."""
+        if not self.is_slow:
+            return 0
+        dropped = _dropped(_tc("-s", "qdisc", "show", "dev", self.host_if).stdout)
+        dropped += _dropped(_tc("-s", "qdisc", "show", "dev", self.ns_if, netns=self.netns).stdout)
+        _tc("qdisc", "del", "dev", self.host_if, "root", check=False)
+        _tc("qdisc", "del", "dev", self.ns_if, "root", netns=self.netns, check=False)
+        self.is_slow = False
+        return dropped
+
     def established(self, port: int) -> list[int]:
         """The local ports of the TCP connections from the namespace to ``host_ip:port`` that the kernel still
         has established (the server sees them as ``pg_stat_activity.client_port``)."""
@@ -142,10 +173,18 @@ class Partition:
                 ports.append(int(fields[2].rsplit(":", 1)[1]))
         return ports
 
+    def server_unacknowledged(self) -> int:
+        """Bytes the host side has sent into the pair and not had acknowledged (``ss`` Send-Q of established
+        connections to the namespace). Zero: a partition now leaves the server nothing to retransmit, so it
+        hears of a vanished client only by its own keepalives."""
+        out = _run(["ss", "-Htn", "state", "established", "dst", self.ns_ip]).stdout
+        return sum(int(line.split()[1]) for line in out.splitlines() if len(line.split()) >= 2)
+
     def close(self) -> None:
         if not self._made:
             return
         with contextlib.suppress(RuntimeError):
+            self.unslow()
             self.heal()
         _ip("netns", "del", self.netns, check=False)  # takes the ns end, and so the whole pair, with it
         _ip("link", "del", self.host_if, check=False)
@@ -202,6 +241,7 @@ class Consumer:
         )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
+        self.stderr_at: list[float] = []  # time.time() when each stderr line arrived
         self._changed = threading.Condition()
         self._pumps = [
             threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
@@ -213,6 +253,8 @@ class Consumer:
     def _pump(self, stream: Any, sink: list[str]) -> None:
         for line in stream:
             with self._changed:
+                if sink is self.stderr:
+                    self.stderr_at.append(time.time())
                 sink.append(line.rstrip("\n"))
                 self._changed.notify_all()
         with self._changed:

@@ -6,6 +6,9 @@ from the host side all along. :meth:`tests.partition.Partition.cut` drops every 
 and resume; notify may lose what was sent meanwhile but must deliver a gap, then resume. Every source must
 notice the partition within :data:`pgchanges.db.connect.DEAD_PEER_SECONDS` of the cut (the tests measure it).
 
+:meth:`~tests.partition.Partition.slow` makes the pair a slow link whose full queue drops packets (there is no
+netem here); a consumer must lose nothing over it.
+
 Needs root and ``ip netns`` (skipped otherwise). The tests marked slow use the default liveness settings, so
 they wait for the real detection bound (about 20 s).
 """
@@ -71,6 +74,7 @@ class Rig:
         return writer
 
     def close(self) -> None:
+        self.partition.unslow()
         self.partition.heal()
         for consumer in self.consumers:
             consumer.stop()
@@ -278,3 +282,24 @@ def test_logical_replaces_its_control_connection_after_a_partition(rig: Rig) -> 
     rig.db.execute("CREATE TABLE p (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT now(), m mood DEFAULT 'ok')")
     consumer = rig.tail("--source", "logical", "--slot", "partition_types")
     nothing_lost(rig, consumer, "replication connection lost")
+
+
+# -- a slow, lossy link ------------------------------------------------------------------------------------------
+
+
+def test_outbox_loses_nothing_over_a_slow_lossy_link(rig: Rig) -> None:
+    """64 kbit/s and a queue of two packets: each change (4 kB) is more than that, so packets are dropped and
+    retransmitted, and the consumer falls behind; it catches up afterwards with every row."""
+    rig.db.execute(f"{TABLE[:-1]}, pad text NOT NULL DEFAULT repeat('x', 4000))")
+    consumer = rig.tail("--source", "outbox", "--consumer", "slow")
+    writer = rig.write()
+    consumer.await_(lambda: len(delivered(consumer)) >= 50, "the first rows", timeout=30)
+    rig.partition.slow(rate="64kbit", queue_bytes=3000)
+    try:
+        more = len(delivered(consumer)) + 20
+        consumer.await_(lambda: len(delivered(consumer)) >= more, "rows over the slow link", timeout=60)
+    finally:
+        dropped = rig.partition.unslow()
+    written = writer.stop()
+    consumer.await_(all_of(consumer, lambda: set(written)), missing(consumer, lambda: set(written)), timeout=60)
+    assert dropped > 0, "the slow link dropped nothing: it was not the lossy link this test is about"

@@ -16,13 +16,20 @@ from collections.abc import Sequence
 import psycopg
 
 from pgchanges import conninfo as ci
-from pgchanges.cli import capture_commands, feed_commands, forward_commands, outbox_commands, stream_commands
+from pgchanges.cli import (
+    capture_commands,
+    feed_commands,
+    forward_commands,
+    grant_commands,
+    outbox_commands,
+    stream_commands,
+)
 from pgchanges.errors import PgChangesError
 from pgchanges.ops import logs
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
-COMMAND_GROUPS = (capture_commands, stream_commands, outbox_commands, forward_commands, feed_commands)
+COMMAND_GROUPS = (capture_commands, stream_commands, outbox_commands, forward_commands, feed_commands, grant_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
