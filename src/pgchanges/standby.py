@@ -4,7 +4,8 @@
 connection, keyed by pgchanges' namespace and ``hashtext('slot:NAME')`` (``consumer:NAME`` for polling). The
 first gets it and forwards; the second waits in ``pg_advisory_lock``. When the holder dies, its connection
 drops and the server releases the lock at once (a SIGKILLed process's sockets are closed by the kernel; a
-vanished machine is noticed by TCP keepalives); the waiter gets the lock, waits (bounded) until the dead
+vanished machine, or a partition, by the server's TCP keepalives and user timeout, which the lock session sets
+to about 25 s: the server's defaults wait two hours); the waiter gets the lock, waits (bounded) until the dead
 holder's walsender let go of the slot, and goes on from the slot's confirmed position: nothing is lost, and
 what was in flight is published again under the same ids (NATS and Redis store it once).
 
@@ -59,6 +60,9 @@ class SlotLock:
         """Wait until this process holds the lock (and the slot is free); cancellable."""
         conn = await connect_async(self._conninfo, application_name=holder_application_name(self.name))
         self._conn = conn
+        # The server must notice a vanished holder too, or the lock stays taken: an idle session has nothing in
+        # flight to time out, and the server's own keepalives default to the system's two hours (issue 16).
+        await anyio.to_thread.run_sync(conn.execute, query("forward_lock_keepalives"))
         holder = await anyio.to_thread.run_sync(fetch_one, conn, "forward_lock_holder", self._params)
         if holder is not None:
             log.warning(

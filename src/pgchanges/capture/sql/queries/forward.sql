@@ -68,3 +68,11 @@ CREATE TABLE IF NOT EXISTS {table} (
 -- name: forward_dead_letter
 INSERT INTO {table} (sink, change_id, table_name, op, change, error)
 VALUES (%(sink)s, %(change_id)s, %(table_name)s, %(op)s, %(change)s, %(error)s)
+
+-- name: forward_lock_keepalives
+-- The server's side of the lock connection must notice a vanished holder too: an idle connection has nothing
+-- in flight to time out, and the server's default keepalives wait two hours. Any role may set these.
+SELECT pg_catalog.set_config('tcp_keepalives_idle', '10', false),
+       pg_catalog.set_config('tcp_keepalives_interval', '5', false),
+       pg_catalog.set_config('tcp_keepalives_count', '3', false),
+       pg_catalog.set_config('tcp_user_timeout', '15000', false)
