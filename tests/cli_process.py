@@ -74,4 +74,5 @@ class Running:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()  # reaped, so the failure is this test's alone (no warning in a later test)
             pytest.fail(f"process did not exit within {timeout}s; stderr: {self.stderr_lines[-10:]}")
