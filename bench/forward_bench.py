@@ -278,11 +278,13 @@ Floor: p99 < 50 ms.
 second core runs nats-server or redis-server and PostgreSQL's walsender). The raw loop is the client's own
 publish path and nothing else; the forwarder runs that same path and, per change, also decodes the pgoutput
 message, types the row's values and writes `Change.to_json()` (the `json` format is exactly that), routes
-it and plans its round (one change per row in flight). Under cProfile on 30,000 changes, `to_json` with the
-typing it triggers is the largest cost outside the client (about as much as nats-py's `publish_async`),
-decoding next; routing, planning and settling are a few percent. Batches are as large as the window: a read
-of the slot takes what is waiting in the socket, up to 1,000 messages (without that, a read returned one
-`recv` of ≈ 95 changes and the NATS ratio was 0.39).
+it and plans its round (one change per row in flight). Since the compiled rows and the faster `to_json`
+(December 2026) the forwarder's own rate is 1.8-2.1x what it was, but a quiet machine made the raw loops
+faster too; py-spy of the NATS forwarder now: the client (nats-py's publish, its reply parsing and PubAck
+objects) about half of the time, `to_json` 11 %, pgoutput decoding and typing 10 %, routing, planning and
+settling a few percent. What is left to take is in nats-py and redis-py's per-message Python; a publish
+path of our own would be hand-written protocol, which this project does not do. Batches are as large as
+the window: a read of the slot takes what is waiting in the socket, up to 1,000 messages.
 
 RSS of a `pgchanges forward` process while NATS was stopped for {rss.get("outage_s")} s with 1,000 changes/s
 still committed: peak **{rss.get("peak_rss_mb")} MB** (floor < 200 MB); afterwards {rss.get("in_stream")} of
