@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -80,8 +81,34 @@ def cmd_tail(args: argparse.Namespace) -> int:
         options=_tail_options(args),
         ops_config=ops_config_of(args),
     )
-    anyio.run(tail)
+    anyio.run(_until_signalled, tail)
     return 0
+
+
+async def _until_signalled(run: Callable[[], Awaitable[None]]) -> None:
+    """``run()`` until it returns or SIGINT/SIGTERM comes; then the stream closes (acknowledged work stays).
+
+    Not KeyboardInterrupt: on asyncio that is a native task cancellation, which an anyio cancel scope whose
+    deadline passes at the same moment (the logical source's heartbeat timer) can take for its own and absorb,
+    so a Ctrl-C was lost now and then (CI saw ``tail`` ignore SIGINT for 30 s). An anyio cancel scope is
+    level-triggered on both event loops.
+    """
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch)
+            await run()
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the task group wraps what run() raised: hand it on as it was
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 def ops_config_of(args: argparse.Namespace) -> Any:
