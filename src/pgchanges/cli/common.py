@@ -1,10 +1,13 @@
-"""What every command shares: the connection options, and the DSN they resolve to."""
+"""What every command shares: the connection options, the DSN they resolve to, the source options of the
+commands that serve a source (forward, feed), and the one error a task group's failure is reported as."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from pgchanges import conninfo as ci
+from pgchanges.errors import ConfigError, PgChangesError
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -25,3 +28,26 @@ def add_ops_arguments(parser: argparse.ArgumentParser) -> None:
 
 def conninfo_of(args: argparse.Namespace) -> str:
     return ci.resolve(args.dsn)
+
+
+def source_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The App options of ``--source`` from ``--slot``, ``--consumer``, ``--column`` (and ``--interval``)."""
+    if args.source == "logical":
+        return {"slot": args.slot}
+    if args.source == "outbox":
+        return {"consumer": args.consumer}
+    if args.source == "polling":
+        if not args.column:
+            raise ConfigError("--source polling needs --column (the watermark column, e.g. updated_at)")
+        given = {"column": args.column, "consumer": args.consumer, "interval": getattr(args, "interval", None)}
+        return {k: v for k, v in given.items() if v is not None}
+    return {}
+
+
+def first_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """What to report of a group: the first pgchanges error in it (one line on stderr), else the group."""
+    for member in group.exceptions:
+        found = first_error(member) if isinstance(member, BaseExceptionGroup) else member
+        if isinstance(found, PgChangesError | KeyboardInterrupt):
+            return found
+    return group

@@ -14,8 +14,7 @@ import os
 from typing import Any
 
 from pgchanges.app import App
-from pgchanges.cli.common import add_common, conninfo_of
-from pgchanges.cli.forward_commands import _first_error as first_error
+from pgchanges.cli.common import add_common, conninfo_of, first_error, source_options
 from pgchanges.errors import ConfigError
 from pgchanges.sources.factory import SOURCES
 
@@ -56,18 +55,6 @@ def parse_tokens(text: str | None) -> dict[str, str]:
     return tokens
 
 
-def _source_options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.source == "logical":
-        return {"slot": args.slot}
-    if args.source == "outbox":
-        return {"consumer": args.consumer}
-    if args.source == "polling":
-        if not args.column:
-            raise ConfigError("--source polling needs --column (the watermark column, e.g. updated_at)")
-        return {"column": args.column, "consumer": args.consumer}
-    return {}
-
-
 def build_app(args: argparse.Namespace, environ: dict[str, str] | None = None) -> App:
     """The App that ``pgchanges feed`` serves: the feed's capture only, and the endpoint on ``--http``."""
     from pgchanges.feed import Retention  # noqa: PLC0415 - the feed extra
@@ -86,7 +73,7 @@ def build_app(args: argparse.Namespace, environ: dict[str, str] | None = None) -
         http=args.http,
         stall_after=args.stall_after,
         max_retained=args.max_retained,
-        **_source_options(args),
+        **source_options(args),
     )
     retention = Retention(
         max_changes=args.retain, max_bytes=parse_size(args.retain_bytes) or 1, max_age=args.retain_seconds

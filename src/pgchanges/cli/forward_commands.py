@@ -15,8 +15,8 @@ from typing import Any
 import anyio
 
 from pgchanges.app import App
-from pgchanges.cli.common import add_common, conninfo_of
-from pgchanges.errors import ConfigError, PgChangesError
+from pgchanges.cli.common import add_common, conninfo_of, first_error, source_options
+from pgchanges.errors import ConfigError
 from pgchanges.sinks.formats import FORMATS
 from pgchanges.sinks.options import scheme_of
 from pgchanges.sources.factory import SOURCES
@@ -52,19 +52,6 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_forward)
 
 
-def _source_options(args: argparse.Namespace) -> dict[str, Any]:
-    if args.source == "logical":
-        return {"slot": args.slot}
-    if args.source == "outbox":
-        return {"consumer": args.consumer}
-    if args.source == "polling":
-        if not args.column:
-            raise ConfigError("--source polling needs --column (the watermark column, e.g. updated_at)")
-        given = {"column": args.column, "consumer": args.consumer, "interval": args.interval}
-        return {k: v for k, v in given.items() if v is not None}
-    return {}
-
-
 def _sink_options(args: argparse.Namespace) -> dict[str, Any]:
     named = {
         "nats": {"stream": args.stream, "dedup_window": args.dedup_window},
@@ -88,7 +75,7 @@ def build_app(args: argparse.Namespace) -> App:
         source=args.source,
         handler_timeout=None,
         application_name="pgchanges forward",
-        **_source_options(args),
+        **source_options(args),
     )
     ops = [op.strip() for op in args.ops.split(",")] if args.ops else None
     extra = {"window": args.window} if args.window else {}
@@ -114,14 +101,5 @@ def cmd_forward(args: argparse.Namespace) -> int:
     try:
         anyio.run(partial(serve_holding, app, lock), backend=args.backend)
     except BaseExceptionGroup as group:
-        raise _first_error(group) from None
+        raise first_error(group) from None
     return 0
-
-
-def _first_error(group: BaseExceptionGroup[Any]) -> BaseException:
-    """What to report of a group: the first pgchanges error in it (one line on stderr), else the group."""
-    for member in group.exceptions:
-        found = _first_error(member) if isinstance(member, BaseExceptionGroup) else member
-        if isinstance(found, PgChangesError | KeyboardInterrupt):
-            return found
-    return group

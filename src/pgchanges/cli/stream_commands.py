@@ -15,7 +15,7 @@ import anyio
 
 from pgchanges import conninfo as ci
 from pgchanges.app import App
-from pgchanges.cli.common import add_common, add_ops_arguments, conninfo_of
+from pgchanges.cli.common import add_common, add_ops_arguments, conninfo_of, first_error
 from pgchanges.display import format_change
 from pgchanges.errors import ConfigError
 from pgchanges.sources.factory import SOURCES
@@ -105,10 +105,8 @@ async def _until_signalled(run: Callable[[], Awaitable[None]]) -> None:
             tg.start_soon(watch)
             await run()
             tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:  # the task group wraps what run() raised: hand it on as it was
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+    except BaseExceptionGroup as group:  # the task group wraps what run() raised
+        raise first_error(group) from None
 
 
 def ops_config_of(args: argparse.Namespace) -> Any:
