@@ -56,8 +56,9 @@ static void truncated(Py_ssize_t size) {
     PyErr_Format(DecodeError, "message ends after %zd bytes inside a row", size);
 }
 
-/* One pass over a TupleData at ``pos``. For each column calls ``emit(ctx, index, kind, start, length)``
- * (kind 't'/'b' with the value's bytes, 'n' null, 'u' unchanged TOAST); returns the end position or -1. */
+/* One pass over a TupleData at ``pos``. Stores its column count in ``*count_out`` (when given) before the
+ * first column, then calls ``emit(ctx, index, kind, start, length)`` for each (kind 't'/'b' with the value's
+ * bytes, 'n' null, 'u' unchanged TOAST); returns the end position or -1. */
 typedef int (*emit_fn)(void *ctx, Py_ssize_t index, int kind, const unsigned char *start, Py_ssize_t length);
 
 static Py_ssize_t walk_tuple(const unsigned char *buf, Py_ssize_t size, Py_ssize_t pos, emit_fn emit, void *ctx,
@@ -149,13 +150,10 @@ static PyObject *split_tuple(PyObject *module, PyObject *const *args, Py_ssize_t
     if (pos == -1 && PyErr_Occurred()) return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
-    const unsigned char *buf = view.buf;
     SplitCtx ctx = {PyList_New(0), NULL, 0};
     PyObject *result = NULL;
     if (ctx.values == NULL) goto done;
-    if (pos >= 0 && pos + 2 <= view.len) ctx.count = (int16_t)(((unsigned)buf[pos] << 8) | buf[pos + 1]);
-    if (ctx.count < 0) ctx.count = 0;
-    Py_ssize_t end = walk_tuple(buf, view.len, pos, split_emit, &ctx, NULL);
+    Py_ssize_t end = walk_tuple(view.buf, view.len, pos, split_emit, &ctx, &ctx.count);
     if (end < 0) goto done;
     PyObject *values = PyList_AsTuple(ctx.values);
     PyObject *binary = ctx.binary != NULL ? PyList_AsTuple(ctx.binary) : PyTuple_New(0);
@@ -261,14 +259,8 @@ static PyObject *row_load(RowObject *self) {
     return values;
 }
 
-static PyObject *row_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    PyObject *names, *converters, *data;
-    Py_ssize_t offset;
-    int whole = 0;
-    static char *keywords[] = {"names", "converters", "data", "offset", "whole", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!On|p:Row", keywords, &PyTuple_Type, &names, &PyTuple_Type,
-                                     &converters, &data, &offset, &whole))
-        return NULL;
+static PyObject *row_make(PyTypeObject *type, PyObject *names, PyObject *converters, PyObject *data,
+                          Py_ssize_t offset, int whole) {
     RowObject *self = (RowObject *)type->tp_alloc(type, 0);
     if (self == NULL) return NULL;
     self->names = Py_NewRef(names);
@@ -277,6 +269,17 @@ static PyObject *row_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     self->offset = offset;
     self->whole = whole;
     return (PyObject *)self;
+}
+
+static PyObject *row_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *names, *converters, *data;
+    Py_ssize_t offset;
+    int whole = 0;
+    static char *keywords[] = {"names", "converters", "data", "offset", "whole", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!O!On|p:Row", keywords, &PyTuple_Type, &names, &PyTuple_Type,
+                                     &converters, &data, &offset, &whole))
+        return NULL;
+    return row_make(type, names, converters, data, offset, whole);
 }
 
 /* Row(names, converters, data, offset[, whole]) without keywords: the call of every change, so without the
@@ -305,14 +308,7 @@ static PyObject *row_vectorcall(PyObject *type, PyObject *const *args, size_t na
     if (offset == -1 && PyErr_Occurred()) return NULL;
     int whole = nargs == 5 ? PyObject_IsTrue(args[4]) : 0;
     if (whole < 0) return NULL;
-    RowObject *self = (RowObject *)((PyTypeObject *)type)->tp_alloc((PyTypeObject *)type, 0);
-    if (self == NULL) return NULL;
-    self->names = Py_NewRef(args[0]);
-    self->converters = Py_NewRef(args[1]);
-    self->data = Py_NewRef(args[2]);
-    self->offset = offset;
-    self->whole = whole;
-    return (PyObject *)self;
+    return row_make((PyTypeObject *)type, args[0], args[1], args[2], offset, whole);
 }
 
 /* Row.deferred(load, arg): a row whose dict is load(arg), called on first access. */

@@ -27,7 +27,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from pgchanges.errors import DecodeError
@@ -171,9 +171,6 @@ class PyRow(LazyMapping):
 
     def values(self) -> Any:
         return self._load().values()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._load())
 
 
 # -- converters ------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from pgchanges.change import EMPTY, Change, Op
+from pgchanges.change import EMPTY, Change, Op, new_change
 from pgchanges.db.replication import PAYLOAD_START, Keepalive, StreamMessage
 from pgchanges.errors import CaptureError
 from pgchanges.pgoutput import (
@@ -69,8 +69,6 @@ from pgchanges.sources.logical_changes import (
 
 _ROW_TAGS = frozenset(b"IUD")
 _AT = PAYLOAD_START
-# Change(...) runs the NamedTuple's generated __new__, a Python frame per change; the tuple's own is C
-_new_change = tuple.__new__
 # the first part of the id of changes that no transaction of the stream numbers (see ``_counted``)
 _UNCOUNTED = ("message:", "snapshot:", "gap:")
 
@@ -194,7 +192,7 @@ class TransactionTracker:
         text = current.commit_text
         fields = (f"{text}:{current.delivered}", op, relation.schema, relation.table, new, old, EMPTY, current.xid,
                   current.commit_time, text, "logical", None)  # fmt: skip
-        return _new_change(Change, fields)
+        return new_change(Change, fields)
 
     def add_relation(self, relation: RelationInfo) -> None:
         """The resolved form of the Relation message :meth:`receive` stopped at (or of any later one)."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from pgchanges.change import EMPTY, Change, Op, Row, freeze
+from pgchanges.change import EMPTY, Change, Op, Row, freeze, new_change
 from pgchanges.lazy import LazyMapping
 from pgchanges.rowtypes import RowType
 
@@ -39,8 +39,6 @@ _LONG_RUN = b"0" * 19
 # (see bench/results/design-measurements.md), and raw_decode skips the whitespace regex.
 _decode_exact = json.JSONDecoder(parse_float=Decimal).raw_decode
 _MISSING = object()
-# Change(...) runs the NamedTuple's generated __new__, a Python frame per change; the tuple's own is C
-_new_change = tuple.__new__
 
 
 def parse_json(text: str | bytes) -> Any:
@@ -118,7 +116,7 @@ def row_change(
         changed = tuple(key for key, value in new.items() if old.get(key, _MISSING) != value)
     convert(row_type, (new, old), is_exact)
     fields = (change_id, op, schema, table, freeze(new), freeze(old), changed, xid, None, position, source, extra)
-    return _new_change(Change, fields)
+    return new_change(Change, fields)
 
 
 def fitting(row_type: RowType | None, on_stale: Callable[[], None], *rows: dict[str, Any] | None) -> RowType | None:
