@@ -336,3 +336,26 @@ def test_many_writers_and_a_long_transaction_lose_nothing(dsn, db):
 
     got = anyio.run(main)
     assert got == {w * 1000 + i for w in range(4) for i in range(200)} | {999999}
+
+
+async def test_a_stream_whose_connection_dies_before_the_ack_gets_the_batch_again(dsn, db):
+    """The acknowledgement commits the claim's transaction; when the connection died first, ack() does not
+    raise: the server rolled the claim back and the same changes come again (the CI's partition found it)."""
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    async with pgchanges.stream(dsn, tables=["t"], source="outbox", consumer="c") as changes:
+        db.execute("INSERT INTO t VALUES (1)")
+        [first] = await take(changes, 1)
+        killed = db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE state = 'idle in transaction' AND datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+        assert killed == [(True,)], "the claim's connection, idle in its transaction"
+        await changes.ack(first)
+        [again] = await take(changes, 1)
+        await changes.ack(again)
+        db.execute("INSERT INTO t VALUES (2)")
+        [second] = await take(changes, 1)
+        await changes.ack(second)
+    assert again.id == first.id
+    assert second.new["id"] == 2
+    assert outbox_pending(db) == 0

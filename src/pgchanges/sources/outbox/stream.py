@@ -16,7 +16,7 @@ from functools import partial
 
 from pgchanges.change import Change
 from pgchanges.errors import ConfigError
-from pgchanges.sources.base import Event
+from pgchanges.sources.base import CONNECTION_ERRORS, Event
 from pgchanges.sources.outbox.claims import Claim, Settlement
 from pgchanges.sources.outbox.worker import LaneWorker
 
@@ -60,7 +60,11 @@ class StreamReader:
                 raise ConfigError(f"ack() of change {change.id}, which is not awaiting an acknowledgement")
         if late:
             self._awaiting_ack.difference_update(late)
-            await self._worker.conn.call(partial(self._store.unpark_now, commit=self._open is None), late)
+            try:
+                await self._worker.conn.call(partial(self._store.unpark_now, commit=self._open is None), late)
+            except CONNECTION_ERRORS as exc:  # these stay parked, and come again when their time is up
+                self._open, self._acked = None, set()
+                self._worker.lost_connection(exc)
         if in_batch and len(self._acked) == len(in_batch):
             await self._finish()
 
@@ -81,6 +85,10 @@ class StreamReader:
             deferred=pending,
             defer_seconds=0.0 if closing else self._ack_wait,
         )
-        await self._worker.conn.call(self._store.finish, claim, settlement)
+        try:
+            await self._worker.conn.call(self._store.finish, claim, settlement)
+        except CONNECTION_ERRORS as exc:  # not acknowledged: the server rolls the claim back, it comes again
+            self._worker.lost_connection(exc)
+            return
         if not closing:
             self._awaiting_ack.update(c.event_id for c in pending)

@@ -92,7 +92,7 @@ class LaneWorker:
                     break
                 claim = await self._next()
             except CONNECTION_ERRORS as exc:
-                self._lost_connection(exc)
+                self.lost_connection(exc)
                 continue
             if claim is None:
                 self.figures.advanced()  # nothing to claim: caught up (what is parked waits for its time)
@@ -120,7 +120,7 @@ class LaneWorker:
         try:
             await self._sleeper.wait_for_work(idle)
         except CONNECTION_ERRORS as exc:
-            self._lost_connection(exc)
+            self.lost_connection(exc)
 
     async def settle(self, batch: Batch, outcomes: Sequence[Outcome]) -> None:
         """Write back the outcomes and commit (the acknowledgement); claim the next batch meanwhile."""
@@ -133,13 +133,15 @@ class LaneWorker:
                 self._next_claim = await self.conn.call(self.store.finish_and_claim, claim, settlement)
                 self._looked_after_finish = self._next_claim is None
         except CONNECTION_ERRORS as exc:  # not acknowledged: the server rolls the claim back, and the batch comes again
-            self._lost_connection(exc)
+            self.lost_connection(exc)
 
     @property
     def connected(self) -> bool:
         return not self._lost and self.conn.usable and self.listener.backend_pid is not None
 
-    def _lost_connection(self, exc: BaseException) -> None:
+    def lost_connection(self, exc: BaseException) -> None:
+        """The connection failed (its transaction, and any claim in it, went with it): reconnect before the
+        next claim."""
         self._next_claim, self._looked_after_finish = None, False  # its transaction went with the connection
         self._lost = True
         log.warning("outbox worker lost its connection (%s); reconnecting", one_line(exc))
