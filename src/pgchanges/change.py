@@ -7,7 +7,9 @@ path (decoding, dispatch) and a NamedTuple builds in less than half the time whi
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import MappingProxyType
@@ -57,6 +59,23 @@ class Change(NamedTuple):
 
     def to_json(self) -> str:
         """One line of JSON; :meth:`from_json` restores an equal Change (values keep their Python types)."""
+        if _WRITE is not None:
+            try:
+                return _WRITE(self).decode()
+            except (ValueError, TypeError):  # what the standard encoder refuses too: the Python path below
+                pass
+        return self._to_json_python()
+
+    def to_json_bytes(self) -> bytes:
+        """:meth:`to_json` as UTF-8 (what a sink sends), without a str on the way when compiled."""
+        if _WRITE is not None:
+            try:
+                return _WRITE(self)
+            except (ValueError, TypeError):
+                pass
+        return self._to_json_python().encode()
+
+    def _to_json_python(self) -> str:
         try:
             return _JSON_SHALLOW(self._encoded(valuecodec.encode_row_shallow))
         except (ValueError, TypeError):  # a NaN or an odd key inside a json value: the exact walk writes them
@@ -112,6 +131,20 @@ class Change(NamedTuple):
 new_change = tuple.__new__
 
 
+def _compiled_writer() -> Callable[[Change], bytes] | None:
+    """``pgchanges._jsonwrite.change_json`` (the same bytes as ``_to_json_python``, from C; tested against it in
+    tests/unit/test_jsonwrite.py), unless it was not built or ``PGCHANGES_PURE_PYTHON`` is set."""
+    if os.environ.get("PGCHANGES_PURE_PYTHON"):
+        return None
+    try:
+        module = importlib.import_module("pgchanges._jsonwrite")
+    except ImportError:
+        return None
+    module.configure(valuecodec.TAGGED_EXACT, valuecodec.encode_value, valuecodec.nested_plain)
+    write: Callable[[Change], bytes] = module.change_json
+    return write
+
+
 def freeze(row: dict[str, Any] | None) -> Row | None:
     """A read-only view of ``row`` (no copy)."""
     return None if row is None else MappingProxyType(row)
@@ -122,6 +155,9 @@ _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _JSON_SHALLOW = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=valuecodec.nested_plain
 ).encode
+
+
+_WRITE = _compiled_writer()
 
 
 def _encode_row(

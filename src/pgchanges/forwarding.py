@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -44,7 +45,7 @@ log = logging.getLogger("pgchanges.forward")
 
 Transform = Callable[[Change], Any]
 FORWARD_BACKOFF = Backoff(initial=0.1, maximum=5.0)
-_NO_KEY: tuple[str, ...] = ()
+KeyGetter = Callable[[Mapping[str, Any]], tuple[Any, ...]]
 
 
 class Forwarder:
@@ -78,7 +79,7 @@ class Forwarder:
         self._bridge = Bridge(sink.name.split(":", 1)[0])
         self.delivery = Delivery(sink, self._bridge, window=window, backoff=backoff, on_rejected=self._rejected)
         self._backoff = backoff
-        self._keys: dict[tuple[str | None, str | None], tuple[str, ...]] = {}
+        self._keys: dict[tuple[str | None, str | None], KeyGetter | None] = {}  # None: the table has no key
         self._conn: psycopg.Connection[Any] | None = None
         self._lock: anyio.Lock | None = None
 
@@ -130,12 +131,12 @@ class Forwarder:
 
     def _row(self, change: Change) -> tuple[Row, str]:
         """The change's row (whole table for a truncate or a table without key) and its ``{key}`` text."""
-        columns = self._keys.get((change.schema, change.table), _NO_KEY)
+        key_of = self._keys.get((change.schema, change.table))
         values = change.old if change.op == "delete" else change.new
-        if not columns or values is None or change.op == "truncate":
+        if key_of is None or values is None or change.op == "truncate":
             return (change.schema, change.table, None), ""
         try:
-            found = tuple(values[c] for c in columns)
+            found = key_of(values)
         except KeyError:  # e.g. a delete without the key columns (REPLICA IDENTITY NOTHING)
             return (change.schema, change.table, None), ""
         template = self.sink.template
@@ -151,7 +152,7 @@ class Forwarder:
         missing = {(c.schema, c.table) for c in changes if c.table is not None} - self._keys.keys()
         for schema, table in sorted(missing, key=str):
             rows = await self._catalog(fetch_all, "forward_row_key", {"schema": schema, "table": table})
-            self._keys[(schema, table)] = tuple(r.column_name for r in rows)
+            self._keys[(schema, table)] = _key_getter(tuple(r.column_name for r in rows))
 
     async def _catalog(self, call: Callable[..., Any], *args: Any) -> Any:
         """``call(connection, *args)`` in a worker thread, on the forwarder's own connection (reopened when
@@ -222,6 +223,22 @@ def _write_dead_letter(
     if create:
         conn.execute(sql.SQL(query("forward_dead_letter_table")).format(table=table.identifier))
     conn.execute(sql.SQL(query("forward_dead_letter")).format(table=table.identifier), params)
+
+
+def _key_getter(columns: tuple[str, ...]) -> KeyGetter | None:
+    """A row's primary key values as a tuple (several columns: an itemgetter, no frame of ours per change),
+    or None for a table without a key."""
+    if not columns:
+        return None
+    if len(columns) == 1:
+        column = columns[0]
+
+        def one(values: Mapping[str, Any]) -> tuple[Any, ...]:
+            return (values[column],)
+
+        return one
+    getter: KeyGetter = operator.itemgetter(*columns)
+    return getter
 
 
 def _as_bytes(payload: Any) -> bytes:

@@ -129,7 +129,7 @@ def encode_row(row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
 
 # Exact types, looked up once per value: encode_value's isinstance chain costs a call per type tried.
 _PLAIN_EXACT = frozenset({str, int, bool, type(None)})
-_TAGGED_EXACT: dict[type, tuple[str, Callable[[Any], Any]]] = {
+TAGGED_EXACT: dict[type, tuple[str, Callable[[Any], Any]]] = {
     cls: (tag, encode) for cls, tag, encode in _ENCODERS if tag and cls not in (memoryview,)
 }
 
@@ -149,7 +149,7 @@ def encode_row_shallow(row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str
         if cls in _PLAIN_EXACT or cls is dict:
             out[key] = value
             continue
-        known = _TAGGED_EXACT.get(cls)
+        known = TAGGED_EXACT.get(cls)
         if known is not None:
             tags[key] = known[0]
             out[key] = known[1](value)

@@ -3,6 +3,8 @@ restarted (its AOF keeps stream and dedup set), a payload larger than the server
 
 from __future__ import annotations
 
+import signal
+
 import anyio
 import pytest
 
@@ -89,6 +91,31 @@ async def test_a_stopped_redis_is_waited_for_and_nothing_is_lost_or_doubled(dsn,
             got = await _entries(server.url, stream, 40, "after the server came back")
             app.stop()
     assert len({e["id"] for e in got}) == len(got) == 40
+
+
+async def test_a_redis_that_stops_answering_runs_out_the_window_deadline_and_is_tried_again(dsn, db, tmp_path):
+    """A frozen server (SIGSTOP: connected, silent) must not hold the forwarder forever: the window's deadline
+    passes, the connection is closed, the window is tried again; once the server answers, each change is
+    there once."""
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    with running(RedisServer(tmp_path)) as server:
+        stream = unique("h")
+        app = pgchanges.App(dsn, source="logical", slot=unique("s"))
+        forwarder = app.forward("t", to=server.url, subject=stream, timeout=0.5)
+        async with anyio.create_task_group() as tg:
+            await tg.start(app.serve)
+            db.execute("INSERT INTO t SELECT generate_series(1, 10)")
+            await _entries(server.url, stream, 10, "before the server is frozen")
+            server.proc.send_signal(signal.SIGSTOP)
+            try:
+                db.execute("INSERT INTO t SELECT generate_series(11, 20)")
+                retries = forwarder.delivery.retries
+                await eventually(lambda: forwarder.delivery.retries, lambda r: r > retries, "a retry past the deadline")
+            finally:
+                server.proc.send_signal(signal.SIGCONT)
+            got = await _entries(server.url, stream, 20, "after the server answers again")
+            app.stop()
+    assert sorted(Change.from_json(e["payload"]).new["id"] for e in got) == list(range(1, 21))
 
 
 async def test_a_payload_larger_than_redis_takes_fails_that_change_only(dsn, db, redis_server):

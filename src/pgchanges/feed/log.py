@@ -152,7 +152,7 @@ class RetainedLog:
                 continue
             if ids is not None:
                 ids[change.id] = key
-            made.append(Entry(key, change, change.to_json().encode(), now, token(epoch, key).encode()))
+            made.append(Entry(key, change, change.to_json_bytes(), now, token(epoch, key).encode()))
         return made
 
     def abandon(self, entries: Sequence[Entry]) -> None:

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from pgchanges.change import Change
@@ -27,10 +26,11 @@ from pgchanges.sinks.templates import Template
 Result = SinkRejected | SinkUnavailable | None
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """One change as a sink sends it: where to (``subject``: a NATS subject, Redis stream, routing key), the
-    bytes, and their content type. ``change.id`` is the message id everywhere (dedup, idempotency)."""
+    bytes, and their content type. ``change.id`` is the message id everywhere (dedup, idempotency). A NamedTuple,
+    not a frozen dataclass: one is made per change, and a frozen dataclass sets each field through
+    ``object.__setattr__``."""
 
     change: Change
     subject: str

@@ -109,14 +109,18 @@ class NatsSink:
         return [self._result(message, item) for message, item in zip(messages, pending, strict=True)]
 
     async def _acks(self, futures: list[asyncio.Future[Any]]) -> None:
-        """Wait for the PubAcks: all of them, ``ack_timeout`` at most, or until the connection drops."""
-        deadline = asyncio.get_running_loop().time() + self.options.ack_timeout
-        while futures:
-            left = deadline - asyncio.get_running_loop().time()
+        """Wait for the PubAcks: all of them, ``ack_timeout`` at most, or until the connection drops. First for
+        the last one sent only (PubAcks come back in the order sent, so that is usually all of them, for one
+        callback instead of one per future), then for whatever is still unanswered."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.ack_timeout
+        waiting = futures[-1:]
+        while waiting:
+            left = deadline - loop.time()
             if left <= 0 or not self._nc.is_connected:
                 return
-            _, waiting = await asyncio.wait(futures, timeout=min(left, ACK_CHECK_SECONDS))
-            futures = list(waiting)
+            await asyncio.wait(waiting, timeout=min(left, ACK_CHECK_SECONDS))
+            waiting = [f for f in futures if not f.done()]
 
     def _result(self, message: Message, item: asyncio.Future[Any] | Result) -> Result:
         if not isinstance(item, asyncio.Future):

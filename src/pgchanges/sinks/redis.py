@@ -9,11 +9,15 @@ published again after a crash is therefore stored once, however long the outage,
 by one script, so they are as durable as each other (Redis' own persistence).
 
 A window is one pipeline (no MULTI): one round trip, every reply read; a reply that is an error fails only
-its own change.
+its own change. ``timeout`` bounds the whole window (one deadline for the pipeline), not each reply: a
+``socket_timeout`` would make redis-py enter a timeout context per reply read, a quarter of the forwarder's
+time on a 1,000-command window (py-spy, bench/results/forward.md). A window that runs out of time closes the
+connection (its replies can no longer be matched to commands) and counts as the broker being unavailable.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,10 +74,11 @@ class RedisSink:
     async def open(self) -> None:
         await self.close()
         timeout = self.options.timeout
-        client = redis.asyncio.Redis.from_url(self._url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client = redis.asyncio.Redis.from_url(self._url, socket_connect_timeout=timeout)
         try:
-            self._sha = await client.script_load(XADD_ONCE)
-            self._max_bytes = await _max_bulk_length(client)
+            async with asyncio.timeout(timeout):
+                self._sha = await client.script_load(XADD_ONCE)
+                self._max_bytes = await _max_bulk_length(client)
         except Exception as exc:
             await client.aclose()
             raise unavailable(self.name, exc, self._scrub) from None
@@ -89,7 +94,11 @@ class RedisSink:
             stream = message.subject
             pipe.evalsha(self._sha, 2, stream, stream + DEDUP_SUFFIX, message.change.id, message.payload, maxlen, size)
         try:
-            replies = await pipe.execute(raise_on_error=False)
+            async with asyncio.timeout(self.options.timeout):
+                replies = await pipe.execute(raise_on_error=False)
+        except TimeoutError:
+            await self.close()
+            raise SinkUnavailable(f"{self.name}: no answer within {self.options.timeout}s") from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             await self.close()
             raise unavailable(self.name, exc, self._scrub) from None
