@@ -172,8 +172,9 @@ class App:
         chosen = [tables] if isinstance(tables, str | TableName) else list(tables)
         for table in chosen:
             self.router.add(
-                table, ops, handler, where, batch=True, on_error="stop" if stop else APP_DEFAULT, timeout=None
-            )
+                table, ops, handler, where, batch=True, on_error="stop" if stop else APP_DEFAULT, timeout=None,
+                prepare=forwarder.prepare,
+            )  # fmt: skip
         self._forwarders.append(forwarder)
         return forwarder
 

@@ -80,6 +80,8 @@ class Forwarder:
         self.delivery = Delivery(sink, self._bridge, window=window, backoff=backoff, on_rejected=self._rejected)
         self._backoff = backoff
         self._keys: dict[tuple[str | None, str | None], KeyGetter | None] = {}  # None: the table has no key
+        #: what prepare() made: id(change) -> (change, row, message); taken by the next forward()
+        self._prepared: dict[int, tuple[Change, Row, Message | SinkRejected | None]] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self._lock: anyio.Lock | None = None
 
@@ -103,15 +105,35 @@ class Forwarder:
         await self._learn_keys(changes)
         rows: list[Row] = []
         messages: list[Message | SinkRejected | None] = []
+        prepared = self._prepared
+        if changes and id(changes[0]) in prepared:  # made for this batch (not for one read after it)
+            self._prepared = {}
         for change in changes:
-            row, key = self._row(change)
-            rows.append(row)
-            messages.append(self._message(change, key))
+            made = prepared.get(id(change))
+            if made is None or made[0] is not change:  # not read ahead (or another change of that address)
+                row, key = self._row(change)
+                made = (change, row, self._message(change, key))
+            rows.append(made[1])
+            messages.append(made[2])
         outcomes = await self.delivery.deliver(messages, rows, changes)
         linger = getattr(self.sink, "linger", 0.0)
         if linger and len(changes) < getattr(self.sink, "batch_size", 0):
             await anyio.sleep(linger)  # let the source gather more for the next POST (see WebhookOptions)
         return outcomes
+
+    def prepare(self, changes: Sequence[Change]) -> None:
+        """Make the messages of a batch read ahead, while the batch before waits for the broker (the runtime
+        calls this; see :mod:`pgchanges.serving`): :meth:`forward` then finds them made. Not with a
+        ``transform`` (user code runs when the batch is handled, once), nor for a table whose key columns are
+        not known yet (looking them up is :meth:`forward`'s)."""
+        keys = self._keys
+        if self._transform is not None or any(c.table is not None and (c.schema, c.table) not in keys for c in changes):
+            return
+        made = {}
+        for change in changes:
+            row, key = self._row(change)
+            made[id(change)] = (change, row, self._message(change, key))
+        self._prepared = made
 
     def _message(self, change: Change, key: str) -> Message | SinkRejected | None:
         template = self.sink.template

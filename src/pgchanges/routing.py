@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,12 +40,17 @@ class Route:
     batch: bool = False
     on_error: Any = APP_DEFAULT  # batch routes: an error policy (see pgchanges.runtime.ErrorPolicy)
     timeout: float | AppDefault | None = APP_DEFAULT  # batch routes: seconds for the whole call (None: none)
+    #: batch routes: called with the route's changes of a batch read ahead, while the batch before is handled
+    #: (a sink makes its messages meanwhile); it must not raise, and the handler works without it
+    prepare: Callable[[Sequence[Change]], None] | None = None
     is_async: bool = field(init=False)
     name: str = field(init=False)
+    _tables: dict[tuple[str | None, str | None], bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
         object.__setattr__(self, "name", getattr(self.handler, "__qualname__", repr(self.handler)))
+        object.__setattr__(self, "_tables", {})  # (schema, table) -> whether self.table matches it
         check_handler_arguments(self.handler, self.name, 2 if self.transaction else 1)
         if self.batch and (self.transaction or not self.is_async):
             raise ConfigError(f"batch handler {self.name} must be an async def taking the changes only")
@@ -53,8 +58,15 @@ class Route:
             raise ConfigError(f"handler {self.name}: only batch routes take their own on_error and timeout")
 
     def accepts(self, change: Change) -> bool:
-        """Whether the change is of this route's table and ops (``where`` aside)."""
-        return change.op in self.ops and self.table.matches(change.schema, change.table)
+        """Whether the change is of this route's table and ops (``where`` aside). Asked for every change of a
+        batch route: the answer for each table is kept (a pattern is matched once per table, not per change)."""
+        if change.op not in self.ops:
+            return False
+        key = (change.schema, change.table)
+        known = self._tables.get(key)
+        if known is None:
+            known = self._tables[key] = self.table.matches(change.schema, change.table)
+        return known
 
 
 def check_handler_arguments(handler: Callable[..., Any], name: str, given: int) -> None:
@@ -110,9 +122,10 @@ class Router:
         batch: bool = False,
         on_error: Any = APP_DEFAULT,
         timeout: float | AppDefault | None = APP_DEFAULT,
+        prepare: Callable[[Sequence[Change]], None] | None = None,
     ) -> Route:
         name = table if isinstance(table, TableName) else parse_table(table)
-        route = Route(name, normalise_ops(ops), handler, where, transaction, batch, on_error, timeout)
+        route = Route(name, normalise_ops(ops), handler, where, transaction, batch, on_error, timeout, prepare)
         (self._batch_routes if batch else self._routes).append(route)
         self._cache.clear()
         return route

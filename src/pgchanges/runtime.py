@@ -132,6 +132,21 @@ class Runtime:
 
     # -- changes -----------------------------------------------------------------------------------------
 
+    def prepare(self, changes: Sequence[Change]) -> None:
+        """A batch read ahead (see :mod:`pgchanges.serving`): the batch routes that can prepare their part of it
+        (a forwarder makes its messages) do so now, while the batch before is in flight. ``where`` is not asked
+        here (it runs once, when the batch is handled); what a route prepares for nothing is only lost work."""
+        for route in self.router.batch_routes:
+            if route.prepare is None:
+                continue
+            mine = [change for change in changes if route.accepts(change)]
+            if not mine:
+                continue
+            try:
+                route.prepare(mine)
+            except Exception:  # a bug of the route's: the handler makes what it needs itself
+                log.exception("preparing a batch for %s failed", route.name)
+
     async def run_changes(
         self, changes: Sequence[Change], *, tx: Any = None, keys: Sequence[str | None] | None = None
     ) -> list[Outcome]:

@@ -4,7 +4,11 @@ The App (:mod:`pgchanges.app`) is a registry of handlers; a :class:`Server` serv
 
 * a source that keeps its place by acknowledgements (outbox, logical, polling) has one or more feeds; each is
   served by ``batches → runtime → settle``: the feed acknowledges only after the handlers returned, so a
-  crash repeats at most the batch in hand;
+  crash repeats at most the batch in hand (and the one read ahead, below);
+* a feed that may be read ahead (``reads_ahead``: the logical stream) has its next batch read, and prepared
+  by the batch routes that can (a forwarder makes its messages), while the batch in hand is handled: a sink's
+  round trip to its broker overlaps the reading, decoding and formatting of what comes next. One batch
+  ahead at most, handled and settled in order; nothing of it is acknowledged before it was handled;
 * the notify source acknowledges nothing: its changes go to per-table lanes (:mod:`pgchanges.lanes`) and the
   reader goes on while they are handled;
 * gaps, plain notifications and DDL changes go to the App's callbacks in their place among the changes;
@@ -103,14 +107,36 @@ class Server:
             self.source.stop()
 
     async def _drive(self, feed: Feed) -> None:
+        if getattr(feed, "reads_ahead", False):
+            await self._drive_reading_ahead(feed)
+            return
         async with contextlib.aclosing(feed.batches()) as batches:  # closed at once, also on a failure
             async for batch in batches:
-                outcomes = await self._handle(batch, self._run_now)
-                for changes in batch.transactions:
-                    await self._run_transaction(changes)
-                await feed.settle(batch, outcomes)
-                if self.observer is not None:
-                    self.observer.settled()
+                await self._handle_and_settle(feed, batch)
+
+    async def _handle_and_settle(self, feed: Feed, batch: Batch) -> None:
+        outcomes = await self._handle(batch, self._run_now)
+        for changes in batch.transactions:
+            await self._run_transaction(changes)
+        await feed.settle(batch, outcomes)
+        if self.observer is not None:
+            self.observer.settled()
+
+    async def _drive_reading_ahead(self, feed: Feed) -> None:
+        """:meth:`_drive` with the next batch read and prepared meanwhile (see the module docstring): the reader
+        hands each batch over an unbuffered stream, so it holds at most one while another is handled."""
+        send, receive = anyio.create_memory_object_stream[Batch](0)
+
+        async def read() -> None:
+            async with send, contextlib.aclosing(feed.batches()) as batches:
+                async for batch in batches:
+                    self.runtime.prepare(batch.changes)
+                    await send.send(batch)
+
+        async with anyio.create_task_group() as tg, receive:
+            tg.start_soon(read)
+            async for batch in receive:
+                await self._handle_and_settle(feed, batch)
 
     async def _serve_lanes(self, feeds: Sequence[Feed], task_status: TaskStatus[None]) -> None:
         async with TableLanes(self.runtime) as lanes, anyio.create_task_group() as tg:

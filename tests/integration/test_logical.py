@@ -282,3 +282,33 @@ async def test_snapshot_with_a_temporary_slot(dsn, db):
         got = await take(changes, 3)
         await changes.ack(*got)
     assert [(c.new["id"], bool((c.extra or {}).get("snapshot"))) for c in got] == [(1, True), (2, True), (3, False)]
+
+
+async def test_the_next_batch_is_read_and_prepared_while_one_is_in_hand_and_acknowledged_only_after(dsn, db):
+    """serving.py's read-ahead: while a batch route holds a batch, the next one is read and handed to the route's
+    ``prepare`` (a forwarder makes its messages then), not handled; the slot passes nothing the handler has not
+    returned from; every change is handled once, in order."""
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    app = pgchanges.App(dsn, source="logical", slot="ahead", batch_size=10)
+    release = anyio.Event()
+    handled: list[list[int]] = []
+    prepared: list[list[int]] = []
+
+    async def handler(changes):
+        handled.append([c.new["id"] for c in changes])
+        if len(handled) == 1:
+            await release.wait()
+
+    app.router.add("t", None, handler, batch=True, prepare=lambda cs: prepared.append([c.new["id"] for c in cs]))
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.serve)
+        db.execute("INSERT INTO t SELECT generate_series(1, 30)")
+        written = db.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # past the commit record
+        await wait_until(lambda: len(prepared) >= 2, lambda: f"a second batch prepared (prepared {prepared})")
+        assert len(handled) == 1 and prepared[0] == handled[0] and prepared[1][0] == handled[0][-1] + 1
+        confirmed = "SELECT confirmed_flush_lsn < %s FROM pg_replication_slots WHERE slot_name = 'ahead'"
+        assert db.execute(confirmed, (written,)).fetchone()[0], "the slot passed a batch still in hand"
+        release.set()
+        await wait_until(lambda: sum(map(len, handled)) == 30, lambda: f"every change handled (so far {handled})")
+        app.stop()
+    assert [i for batch in handled for i in batch] == list(range(1, 31))

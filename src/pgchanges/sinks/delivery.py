@@ -140,7 +140,11 @@ class Delivery:
         return results
 
     async def _open(self) -> int:
-        """Open the sink unless it is open; which opening the caller publishes through."""
+        """Open the sink unless it is open; which opening the caller publishes through. An open sink is the
+        common case and takes no lock: acquiring one is a checkpoint, which would let a batch read ahead be
+        prepared before this one is sent rather than while it is in flight (see :mod:`pgchanges.serving`)."""
+        if self._opened:
+            return self._generation
         if self._lock is None:
             self._lock = anyio.Lock()
         async with self._lock:

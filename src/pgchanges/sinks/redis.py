@@ -10,9 +10,10 @@ by one script, so they are as durable as each other (Redis' own persistence).
 
 A window is one pipeline (no MULTI): one round trip, every reply read; a reply that is an error fails only
 its own change. ``timeout`` bounds the whole window (one deadline for the pipeline), not each reply: a
-``socket_timeout`` would make redis-py enter a timeout context per reply read, a quarter of the forwarder's
-time on a 1,000-command window (py-spy, bench/results/forward.md). A window that runs out of time closes the
-connection (its replies can no longer be matched to commands) and counts as the broker being unavailable.
+``socket_timeout`` (redis-py sets one by default) makes it enter a timeout context per reply read, a quarter
+of the forwarder's time on a 1,000-command window (py-spy, bench/results/forward.md). A window that runs out of
+time closes the connection (its replies can no longer be matched to commands) and counts as the broker being
+unavailable.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class RedisSink:
     async def open(self) -> None:
         await self.close()
         timeout = self.options.timeout
-        client = redis.asyncio.Redis.from_url(self._url, socket_connect_timeout=timeout)
+        # socket_timeout=None: no timeout per reply (redis-py's default is 5 s per read), the window has one
+        client = redis.asyncio.Redis.from_url(self._url, socket_timeout=None, socket_connect_timeout=timeout)
         try:
             async with asyncio.timeout(timeout):
                 self._sha = await client.script_load(XADD_ONCE)

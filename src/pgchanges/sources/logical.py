@@ -369,6 +369,14 @@ class _LogicalFeed:
     def __init__(self, source: LogicalSource) -> None:
         self._source = source
 
+    @property
+    def reads_ahead(self) -> bool:
+        """Whether the server may read the next batch while this one is handled (:mod:`pgchanges.serving`):
+        yes, unless transaction handlers are on (they run between batches, in the stream's order of commits).
+        A reconnect while a batch is in hand starts again from the last acknowledged position: that batch is
+        read again, never skipped."""
+        return not self._source.tracker.collect
+
     async def batches(self) -> AsyncGenerator[Batch, None]:
         tracker = self._source.tracker
         async with contextlib.aclosing(self._source.batches()) as reads:

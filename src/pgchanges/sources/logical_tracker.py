@@ -199,13 +199,14 @@ class TransactionTracker:
         self._relations[relation.oid] = relation
 
     def in_batches(self, changes: list[Change], size: int) -> list[list[Change]]:
-        """``changes`` of one read, in batches of at most ``size``.
+        """``changes`` of one read, in batches of at most ``size``, as equal as they can be.
 
         A commit that came in a read of its own makes no change, but its transaction handlers are due: it
         yields one empty batch, so they run at once instead of after the next read.
         """
-        if changes:
-            return [changes[start : start + size] for start in range(0, len(changes), size)]
+        if changes:  # in batches of equal size: 1,200 in 1,000s would make a batch of 200 pay a round trip
+            step = -(-len(changes) // -(-len(changes) // size))
+            return [changes[start : start + step] for start in range(0, len(changes), step)]
         return [[]] if self._completed else []
 
     def _keepalive(self, message: Keepalive) -> None:
