@@ -344,7 +344,10 @@ class LogicalSource:
         for oid, key in snapshot_keys.items():
             await self._record_snapshot(oid, key)
         if not snapshot_keys:  # while the snapshot is read, the stream has not started: no status to send
-            self._maybe_send_status()
+            # the read loop may have met a lost connection meanwhile (reading ahead): it reconnects and reports
+            # from there, and what was read before the loss comes again (see _LogicalFeed.settle)
+            with contextlib.suppress(ReplicationLost):
+                self._maybe_send_status()
 
     def _maybe_send_status(self) -> None:
         """Report progress when the flushed LSN moved, or at least every STATUS_INTERVAL_SECONDS."""
@@ -387,12 +390,19 @@ class _LogicalFeed:
                     tracker.dispatched(events)  # handled before the transactions: the Server runs those after
                     while (ready := tracker.next_transaction()) is not None:
                         due.append(ready)
-                yield Batch(events, changes, transactions=[whole for _, whole in due], token=[txn for txn, _ in due])
+                token = (tracker.session, [txn for txn, _ in due])
+                yield Batch(events, changes, transactions=[whole for _, whole in due], token=token)
 
     async def settle(self, batch: Batch, outcomes: Sequence[Outcome]) -> None:
-        for txn in batch.token:
-            self._source.tracker.transaction_returned(txn)
-        await self._source.ack([e for e in batch.events if isinstance(e, Change)])
+        session, transactions = batch.token
+        tracker = self._source.tracker
+        changes = [e for e in batch.events if isinstance(e, Change)]
+        if session != tracker.session:  # read before the stream (re)started (reading ahead): it comes again,
+            changes = [c for c in changes if c.id.startswith("snapshot:")]  # apart from snapshot rows
+            transactions = []
+        for txn in transactions:
+            tracker.transaction_returned(txn)
+        await self._source.ack(changes)
 
 
 def _emit_heartbeat(conn: psycopg.Connection[Any], content: bytes) -> None:

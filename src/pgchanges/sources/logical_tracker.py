@@ -98,6 +98,9 @@ class TransactionTracker:
         self.collect = collect  # keep each transaction's changes for transaction handlers
         self.flushed = 0  # the position to confirm: every transaction that ends before it is done
         self.reply_requested = False  # a keepalive asked for a status update; the caller clears it
+        #: which replication session the changes come from (restart() starts a new one): changes of an earlier
+        #: one come again, and their acknowledgements must not count for the ones that came again
+        self.session = 0
         self._relations: dict[int, RelationInfo] = {}
         self._decoder = Decoder()
         self._current: Transaction | None = None
@@ -114,6 +117,7 @@ class TransactionTracker:
 
     def restart(self) -> None:
         """A new replication session: the server sends again everything after the confirmed position."""
+        self.session += 1
         self._decoder = Decoder()
         self._current = None
         self._pending.clear()
