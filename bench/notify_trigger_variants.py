@@ -1,0 +1,145 @@
+"""Variants of the notify row trigger against the peers' bare ``pg_notify(row_to_json(NEW))`` (issue 15, notify).
+
+    .venv/bin/python -m bench.notify_trigger_variants [--rounds 5]   # writes bench/results/notify-trigger-variants.*
+
+The notify floor (live, reads values, at least 0.9 of asyncpg) is bound by the writer: a live consumer cannot receive
+faster than the rows are written, and the writer pays for the trigger. Each variant is a copy of
+``notify_row_v2`` with one thing changed, on a table of the peers' columns; per variant the trigger's own
+time per row (EXPLAIN ANALYZE of 5,000 inserts, rolled back) and the time to write 20,000 rows in
+transactions of 1,000 (as ``bench.peers`` writes them), in rotated rounds; ratios are per-round medians.
+
+* ``installed``: what ``pgchanges install`` puts on a table now;
+* ``copy``: the same function under another name (the noise floor of the comparison);
+* ``names_as_arguments``: schema and table as a JSON fragment made when the trigger is created, passed as
+  its first argument, instead of two ``to_json(name)`` per row;
+* ``… no_sequence``: also without ``nextval`` (the event id): what the id costs;
+* ``… no_xid``: also without ``pg_current_xact_id()``;
+* ``explicit_casts``: every piece cast to text explicitly (``||`` on a non-text looks its output function up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any
+
+import psycopg
+
+from bench.common import bench_database, machine, write_results
+from bench.notify_bench import PEER_COLUMNS, trigger_us_per_row, write_rows
+from pgchanges.capture import install as capture
+from pgchanges.names import TableName
+
+CAT = "OPERATOR(pg_catalog.||)"
+NAMES = f"""',"s":' {CAT} pg_catalog.to_json(TG_TABLE_SCHEMA) {CAT} ',"t":' {CAT} pg_catalog.to_json(TG_TABLE_NAME)"""
+
+
+def variant(name: str, *, names: str = NAMES, event_id: str = "", xid: bool = True, cast: str = "") -> str:
+    """notify_row_v2 (capture/sql/0011_notify_payload_v2.sql) with the pieces given; spilling left out."""
+    event_id = event_id or "pg_catalog.nextval('pgchanges.event_seq'::pg_catalog.regclass)"
+    xid_piece = f"""{CAT} ',"x":' {CAT} pg_catalog.pg_current_xact_id(){cast}""" if xid else ""
+    rows = {
+        op: f"pg_catalog.to_json({op})::pg_catalog.text" if cast else f"pg_catalog.to_json({op})"
+        for op in ("NEW", "OLD")
+    }
+    channel = "TG_ARGV[1]" if names == "TG_ARGV[0]" else "TG_ARGV[0]"
+    relid = "TG_RELID::pg_catalog.int8::pg_catalog.text" if cast else "TG_RELID"
+    return f"""
+CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+DECLARE
+    payload pg_catalog.text := '{{"v":2,"id":' {CAT} {event_id}{cast} {CAT} ',"r":' {CAT} {relid} {xid_piece}
+        {CAT} {names} {CAT} CASE
+            WHEN TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN ',"op":"insert","n":' {CAT} {rows["NEW"]}
+            WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN ',"op":"delete","o":' {CAT} {rows["OLD"]}
+            ELSE ',"op":"update","n":' {CAT} {rows["NEW"]} {CAT} ',"o":' {CAT} {rows["OLD"]}
+        END {CAT} '}}';
+BEGIN
+    IF pg_catalog.octet_length(payload) OPERATOR(pg_catalog.>=) 8000 THEN
+        RAISE 'a spill: not measured here';
+    END IF;
+    PERFORM pg_catalog.pg_notify({channel}, payload);
+    RETURN NULL;
+END
+$fn$;"""
+
+
+PEER = """CREATE FUNCTION peer_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('peer', row_to_json(NEW)::text); RETURN NULL; END $$;"""
+
+
+def variants() -> dict[str, tuple[str, str]]:
+    """table -> (CREATE FUNCTION, the trigger's function call)."""
+
+    def fragment(table: str) -> str:
+        return f"""',"s":"public","t":"{table}"'"""
+
+    return {
+        "peer": (PEER, "peer_notify()"),
+        "copy": (variant("v_copy"), "v_copy('c')"),
+        "names_as_arguments": (variant("v_args", names="TG_ARGV[0]"), f"v_args({fragment('names_as_arguments')}, 'c')"),
+        "names_as_arguments_no_sequence": (
+            variant("v_noseq", names="TG_ARGV[0]", event_id="'1'"),
+            f"v_noseq({fragment('names_as_arguments_no_sequence')}, 'c')",
+        ),
+        "names_as_arguments_no_xid": (
+            variant("v_noxid", names="TG_ARGV[0]", xid=False),
+            f"v_noxid({fragment('names_as_arguments_no_xid')}, 'c')",
+        ),
+        "explicit_casts": (variant("v_cast", cast="::pg_catalog.text"), "v_cast('c')"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=20_000)
+    args = parser.parse_args()
+    made = variants()
+    tables = ["none", "installed", *made]
+    figures: dict[tuple[str, str], list[float]] = {}
+    with bench_database() as (cluster, conninfo):
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            for table in tables:
+                conn.execute(f"CREATE TABLE {table} ({PEER_COLUMNS})")
+            capture.install(conn, [TableName("public", "installed")])
+            for table, (create, call) in made.items():
+                conn.execute(create)
+                conn.execute(f"CREATE TRIGGER x AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {call}")
+        for rnd in range(args.rounds):
+            for table in tables[rnd % len(tables) :] + tables[: rnd % len(tables)]:
+                if table != "none":
+                    figures.setdefault(("us", table), []).append(trigger_us_per_row(conninfo, table))
+                figures.setdefault(("s", table), []).append(write_rows(conninfo, table, args.rows))
+            print("round", rnd, flush=True)
+        version = cluster.version
+    report(tables, figures, args, version)
+
+
+def report(tables: list[str], figures: dict[tuple[str, str], list[float]], args: Any, version: str) -> None:
+    peer = figures[("s", "peer")]
+    rows = []
+    data: dict[str, Any] = {"benchmark": "notify-trigger-variants", "postgres": version, "machine": machine(),
+                            "rounds": args.rounds, "rows": args.rows, "variants": {}}  # fmt: skip
+    for table in tables:
+        us = statistics.median(figures[("us", table)]) if ("us", table) in figures else 0.0
+        seconds = figures[("s", table)]
+        ratio = statistics.median(a / b for a, b in zip(seconds, peer, strict=True))
+        data["variants"][table] = {"trigger_us_per_row": round(us, 2), "writer_s": round(statistics.median(seconds), 3),
+                                   "writer_ratio_to_peer": round(ratio, 3)}  # fmt: skip
+        rows.append(f"| {table} | {us:.2f} | {statistics.median(seconds):.3f} | {ratio:.3f} |")
+    markdown = f"""# Notify trigger variants
+
+PostgreSQL {version}, fsync on, {data["machine"]["cpus"]} CPUs. Reproduce: `.venv/bin/python -m bench.notify_trigger_variants
+--rounds {args.rounds}` (the module docstring says what each variant is). {args.rows:,} rows per write, in transactions of
+1,000; medians of {args.rounds} rotated rounds.
+
+| table's trigger | trigger µs per row (EXPLAIN ANALYZE) | writer s | writer ÷ the peers' writer |
+|---|---|---|---|
+{chr(10).join(rows)}
+"""
+    write_results("notify-trigger-variants", data, markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
