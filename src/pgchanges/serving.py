@@ -8,7 +8,9 @@ The App (:mod:`pgchanges.app`) is a registry of handlers; a :class:`Server` serv
 * a feed that may be read ahead (``reads_ahead``: the logical stream) has its next batch read, and prepared
   by the batch routes that can (a forwarder makes its messages), while the batch in hand is handled: a sink's
   round trip to its broker overlaps the reading, decoding and formatting of what comes next. One batch
-  ahead at most, handled and settled in order; nothing of it is acknowledged before it was handled;
+  ahead at most, handled and settled in order; nothing of it is acknowledged before it was handled. While
+  the reader holds a batch it reads nothing, so the feed's ``keep_alive`` is called beside it (a replication
+  connection the server hears nothing from is ended after wal_sender_timeout);
 * the notify source acknowledges nothing: its changes go to per-table lanes (:mod:`pgchanges.lanes`) and the
   reader goes on while they are handled;
 * gaps, plain notifications and DDL changes go to the App's callbacks in their place among the changes;
@@ -135,8 +137,12 @@ class Server:
 
         async with anyio.create_task_group() as tg, receive:
             tg.start_soon(read)
+            keep_alive = getattr(feed, "keep_alive", None)
+            if keep_alive is not None:
+                tg.start_soon(_keep_alive, keep_alive)
             async for batch in receive:
                 await self._handle_and_settle(feed, batch)
+            tg.cancel_scope.cancel()  # the reader ended: so does the keeper
 
     async def _serve_lanes(self, feeds: Sequence[Feed], task_status: TaskStatus[None]) -> None:
         async with TableLanes(self.runtime) as lanes, anyio.create_task_group() as tg:
@@ -201,3 +207,11 @@ class Server:
             picked = [c for c in changes if tables is None or any(t.matches(c.schema, c.table) for t in tables)]
             if picked:
                 await self.runtime.call(handler, picked, subject=f"transaction {picked[0].xid}")
+
+
+async def _keep_alive(keep_alive: Callable[[], None], every: float = 0.5) -> None:
+    """Call a feed's ``keep_alive`` while it is served (it sends something only when nothing was sent lately:
+    a replication connection that stays silent while a batch is in hand is ended by the server)."""
+    while True:
+        await anyio.sleep(every)
+        keep_alive()

@@ -346,3 +346,48 @@ async def test_a_replication_connection_lost_while_a_batch_is_in_hand_and_one_re
         confirmed = "SELECT confirmed_flush_lsn >= %s FROM pg_replication_slots WHERE slot_name = 'ahead_lost'"
         await wait_until(lambda: db.execute(confirmed, (written,)).fetchone()[0], "the slot confirmed the insert", 20)
         app.stop()
+
+
+async def test_a_batch_held_longer_than_wal_sender_timeout_keeps_its_replication_connection(dsn, db):
+    """A handler (a broker away) holds a batch for longer than the server lets a replication connection stay
+    silent: the source keeps answering meanwhile, so the server does not end the connection and nothing read
+    is read again."""
+    db.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    db.execute("ALTER SYSTEM SET wal_sender_timeout = '2s'")
+    db.execute("SELECT pg_reload_conf()")
+    activity = (
+        "SELECT s.active_pid, r.reply_time FROM pg_replication_slots s"
+        " LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = 'held'"
+    )
+    try:
+        app = pgchanges.App(dsn, source="logical", slot="held")
+        release = anyio.Event()
+        handled: list[int] = []
+
+        async def handler(changes):
+            handled.extend(c.new["id"] for c in changes)
+            if handled[0] == 1 and len(handled) == len(changes):
+                await release.wait()
+
+        app.router.add("t", None, handler, batch=True)
+        async with anyio.create_task_group() as tg:
+            await tg.start(app.serve)
+            db.execute("INSERT INTO t VALUES (1)")
+            await wait_until(lambda: handled == [1], "the first change in hand")
+            db.execute("INSERT INTO t VALUES (2)")  # read ahead: the reader holds it, and reads nothing more
+            [(walsender, _)] = db.execute(activity).fetchall()
+            replies: set[object] = set()
+
+            def answered_for_a_while() -> bool:
+                rows = db.execute(activity).fetchall()
+                replies.update(reply for pid, reply in rows if pid == walsender)
+                return len(replies) >= 4 or any(pid != walsender for pid, _ in rows)
+
+            await wait_until(answered_for_a_while, "status replies while the batch is held", timeout=20)
+            assert [pid for pid, _ in db.execute(activity).fetchall()] == [walsender], "the server ended the stream"
+            release.set()
+            await wait_until(lambda: handled == [1, 2], lambda: f"the next change, once (handled {handled})")
+            app.stop()
+    finally:
+        db.execute("ALTER SYSTEM RESET wal_sender_timeout")
+        db.execute("SELECT pg_reload_conf()")

@@ -68,12 +68,15 @@ class ReplicationStream:
     def __init__(self, conninfo: str) -> None:
         self._conninfo = conninfo
         self._conn: psycopg.Connection[Any] | None = None
+        self.streaming = False  # START_REPLICATION went through: status updates may be sent
 
     async def open(self) -> None:
+        self.streaming = False
         self._conn = await connect_async(psycopg.conninfo.make_conninfo(self._conninfo, replication="database"))
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
+        self.streaming = False
         await close_async(conn)
 
     @property
@@ -126,6 +129,7 @@ class ReplicationStream:
         if result is None or result.status != pq.ExecStatus.COPY_BOTH:
             message = result.error_message.decode(errors="replace").strip() if result is not None else ""
             raise CaptureError(f"cannot start replication from slot {slot}: {message or 'no result'}")
+        self.streaming = True
 
     async def read(self) -> list[StreamMessage]:
         """Wait for and return every replication message available now."""

@@ -74,6 +74,10 @@ __all__ = ["LogicalSource", "ensure_publication", "ensure_slot", "publication_na
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_SECONDS = 10.0
+#: While a batch is in hand (a handler or a broker taking long), a status this often at least: the server ends
+#: a replication connection that sent nothing for wal_sender_timeout (60 s by default), and everything read
+#: since the last acknowledgement would be read again after the reconnect.
+KEEPALIVE_SECONDS = 1.0
 USER_TYPE_OIDS = 10_000  # oids from here on are user-defined types (domains, enums, arrays of them)
 HEARTBEAT_PREFIX = "pgchanges.heartbeat"  # the prefix of the heartbeat messages (ops_emit_heartbeat)
 _OP = operator.itemgetter(1)
@@ -349,6 +353,14 @@ class LogicalSource:
             with contextlib.suppress(ReplicationLost):
                 self._maybe_send_status()
 
+    def keep_alive(self) -> None:
+        """Tell the server we are here, if nothing was sent for :data:`KEEPALIVE_SECONDS` (the position sent is
+        what was acknowledged: nothing more). Called beside the batch in hand, never during a reconnect's start."""
+        if not self._stream.streaming or time.monotonic() - self._last_status < KEEPALIVE_SECONDS:
+            return
+        with contextlib.suppress(ReplicationLost):  # the reader meets it too, and reconnects
+            self._send_status()
+
     def _maybe_send_status(self) -> None:
         """Report progress when the flushed LSN moved, or at least every STATUS_INTERVAL_SECONDS."""
         moved = self.tracker.flushed != self._last_sent
@@ -371,6 +383,9 @@ class _LogicalFeed:
 
     def __init__(self, source: LogicalSource) -> None:
         self._source = source
+
+    def keep_alive(self) -> None:
+        self._source.keep_alive()
 
     @property
     def reads_ahead(self) -> bool:
