@@ -80,7 +80,7 @@ class Forwarder:
         self.delivery = Delivery(sink, self._bridge, window=window, backoff=backoff, on_rejected=self._rejected)
         self._backoff = backoff
         self._keys: dict[tuple[str | None, str | None], KeyGetter | None] = {}  # None: the table has no key
-        #: what prepare() made: id(change) -> (change, row, message); taken by the next forward()
+        #: what prepare() made: id(change) -> (change, row, message); forward() takes what is its
         self._prepared: dict[int, tuple[Change, Row, Message | SinkRejected | None]] = {}
         self._conn: psycopg.Connection[Any] | None = None
         self._lock: anyio.Lock | None = None
@@ -106,10 +106,8 @@ class Forwarder:
         rows: list[Row] = []
         messages: list[Message | SinkRejected | None] = []
         prepared = self._prepared
-        if changes and id(changes[0]) in prepared:  # made for this batch (not for one read after it)
-            self._prepared = {}
         for change in changes:
-            made = prepared.get(id(change))
+            made = prepared.pop(id(change), None)
             if made is None or made[0] is not change:  # not read ahead (or another change of that address)
                 row, key = self._row(change)
                 made = (change, row, self._message(change, key))
@@ -129,11 +127,12 @@ class Forwarder:
         keys = self._keys
         if self._transform is not None or any(c.table is not None and (c.schema, c.table) not in keys for c in changes):
             return
-        made = {}
-        for change in changes:
+        prepared = self._prepared
+        if len(prepared) > 2 * self.delivery.window:  # left by changes ``where`` kept from forward(): drop them
+            prepared.clear()
+        for change in changes:  # one call per route (table) of the forwarder: they add up
             row, key = self._row(change)
-            made[id(change)] = (change, row, self._message(change, key))
-        self._prepared = made
+            prepared[id(change)] = (change, row, self._message(change, key))
 
     def _message(self, change: Change, key: str) -> Message | SinkRejected | None:
         template = self.sink.template

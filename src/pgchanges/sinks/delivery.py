@@ -75,7 +75,7 @@ class Delivery:
     def __init__(self, sink: Sink, bridge: Bridge, *, window: int, backoff: Backoff, on_rejected: OnRejected) -> None:
         self.sink = sink
         self._bridge = bridge
-        self._window = window
+        self.window = window
         self._backoff = backoff
         self._on_rejected = on_rejected
         self._opened = False
@@ -91,7 +91,7 @@ class Delivery:
         plan = _Round(rows, set(), set())
         attempt = 0
         while pending:
-            send, wait, skip = plan.plan(pending, self._window)
+            send, wait, skip = plan.plan(pending, self.window)
             for index in skip:
                 outcomes[index] = SKIPPED
             results = await self._results(items, send)
