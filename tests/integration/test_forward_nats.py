@@ -45,6 +45,33 @@ async def test_logical_changes_reach_jetstream_with_their_ids_subjects_and_json(
         assert data.decode() == change.to_json()  # exactly what `tail --format json` prints
 
 
+async def test_a_forwarder_of_several_tables_sends_each_change_once_with_its_own_subject_and_key(dsn, db, nats_server):
+    """Two tables, one forwarder (a route each): batches read ahead are made for both routes; every change
+    arrives once, under its table's subject and key, each table's in commit order (a batch's tables go out one
+    after the other: the README's "each table named is its own route")."""
+    db.execute("CREATE TABLE a (id int PRIMARY KEY, v text)")
+    db.execute("CREATE TABLE b (k text PRIMARY KEY, v int)")
+    stream = unique("S")
+    app = pgchanges.App(dsn, source="logical", slot=unique("s"), batch_size=7)
+    app.forward(["a", "b"], to=nats_server.url, stream=stream, subject=stream.lower() + ".{table}.{key}")
+    async with anyio.create_task_group() as tg:
+        await tg.start(app.serve)
+        for i in range(1, 31):
+            with db.transaction():  # one transaction for both rows: the order between tables is the commit's
+                db.execute("INSERT INTO a VALUES (%s, 'x')", (i,))
+                db.execute("INSERT INTO b VALUES (%s, %s)", (f"k{i}", i))
+        got = await _count(stream, nats_server.url, 60, "30 rows of each table")
+        app.stop()
+    prefix = stream.lower()
+    subjects = [subject for subject, _, _ in got]
+    assert [s for s in subjects if ".a." in s] == [f"{prefix}.a.{i}" for i in range(1, 31)]
+    assert [s for s in subjects if ".b." in s] == [f"{prefix}.b.k{i}" for i in range(1, 31)]
+    for subject, headers, data in got:
+        change = Change.from_json(data)
+        assert headers["Nats-Msg-Id"] == change.id and subject.split(".")[1] == change.table
+    assert len({headers["Nats-Msg-Id"] for _, headers, _ in got}) == 60
+
+
 async def test_a_batch_published_again_is_stored_once(dsn, db, nats_server):
     """JetStream drops what it stored under the same Nats-Msg-Id within the dedup window: a restart that
     republishes the batch in flight stores nothing twice."""
