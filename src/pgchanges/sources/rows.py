@@ -1,13 +1,13 @@
 """Turning a row event written by a trigger (JSON rows, table oid) into a typed, immutable Change.
 
 Parsing is the largest part of a JSON source's work per change (profiled: ``json`` with ``parse_float=Decimal``
-was a quarter to a third of the notify source's time), so rows are parsed with orjson when it is installed,
-fractions as floats: what psycopg's json loader gives for json and jsonb values. Numeric columns need every
-digit, and a float keeps only about 16: a row whose numeric value came back as a float is parsed again with
-fractions as Decimal (:func:`parse_exact`) and typed by the row type's exact converters, its json and
+was a quarter to a third of the notify source's time), so rows are parsed as the logical source parses jsonb
+(:func:`pgchanges.rowmaps.jsonb_from_text`: orjson where it reads what ``json.loads`` reads), fractions as
+floats: what psycopg's json loader gives for json and jsonb values. Numeric columns need every digit, and a
+float keeps only about 16: a row whose numeric value came back as a float is parsed again with fractions as
+Decimal (:func:`parse_exact`) and typed by the row type's exact converters, its json and
 jsonb values taken from the first parse. Rows of tables without numeric columns, with narrow ones (see
-:mod:`pgchanges.rowtypes`), or whose numerics are integers, are parsed once. Texts that may hold integers
-beyond 64 bits, which orjson would turn into floats, go through the standard ``json`` module.
+:mod:`pgchanges.rowtypes`), or whose numerics are integers, are parsed once.
 """
 
 from __future__ import annotations
@@ -19,21 +19,8 @@ from typing import Any
 
 from pgchanges.change import EMPTY, Change, Op, Row, freeze, new_change
 from pgchanges.lazy import LazyMapping
+from pgchanges.rowmaps import jsonb_from_text
 from pgchanges.rowtypes import RowType
-
-_fast_loads: Callable[[bytes], Any] | None
-try:
-    import orjson
-except ImportError:  # pragma: no cover - orjson is a dependency; the standard module gives the same values
-    _fast_loads = None
-else:
-    _fast_loads = orjson.loads
-
-# orjson turns an integer beyond 64 bits into a float (digits lost, and not the int psycopg gives), so a text
-# with a run of 19 digits or more (any such integer has one) is parsed by the standard module instead: a
-# translate and a substring search, cheaper than looking at every parsed value.
-_DIGITS = bytes(48 if 48 <= code <= 57 else 32 for code in range(256))  # digits → "0", the rest → " "
-_LONG_RUN = b"0" * 19
 
 # One decoder for every exact parse: json.loads(..., parse_float=Decimal) would build a new decoder per call
 # (see bench/results/design-measurements.md), and raw_decode skips the whitespace regex.
@@ -42,11 +29,10 @@ _MISSING = object()
 
 
 def parse_json(text: str | bytes) -> Any:
-    """JSON as psycopg's json loader reads it: fractions as float, integers as int (of any size)."""
-    raw = text.encode() if isinstance(text, str) else text
-    if _fast_loads is None or _LONG_RUN in raw.translate(_DIGITS):
-        return json.loads(raw)
-    return _fast_loads(raw)
+    """JSON as psycopg's json loader reads it: fractions as float, integers as int (of any size). The rows'
+    jsonb loader does it (orjson where orjson reads what ``json.loads`` reads, the standard scanner for the
+    rest: integers beyond 64 bits, numbers beyond a double, lone surrogate escapes)."""
+    return jsonb_from_text(text.encode() if isinstance(text, str) else text)
 
 
 def parse_exact(text: str | bytes) -> Any:
