@@ -7,15 +7,14 @@ path (decoding, dispatch) and a NamedTuple builds in less than half the time whi
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 from pgchanges import valuecodec
+from pgchanges.compiled import compiled
 
 Op = Literal["insert", "update", "delete", "truncate", "upsert", "ddl", "message", "gap"]
 OPS: frozenset[str] = frozenset(("insert", "update", "delete", "truncate", "upsert", "ddl", "message", "gap"))
@@ -134,11 +133,8 @@ new_change = tuple.__new__
 def _compiled_writer() -> Callable[[Change], bytes] | None:
     """``pgchanges._jsonwrite.change_json`` (the same bytes as ``_to_json_python``, from C; tested against it in
     tests/unit/test_jsonwrite.py), unless it was not built or ``PGCHANGES_PURE_PYTHON`` is set."""
-    if os.environ.get("PGCHANGES_PURE_PYTHON"):
-        return None
-    try:
-        module = importlib.import_module("pgchanges._jsonwrite")
-    except ImportError:
+    module = compiled("_jsonwrite")
+    if module is None:
         return None
     module.configure(valuecodec.TAGGED_EXACT, valuecodec.encode_value, valuecodec.nested_plain)
     write: Callable[[Change], bytes] = module.change_json

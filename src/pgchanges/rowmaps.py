@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from pgchanges.compiled import compiled
 from pgchanges.errors import DecodeError
 from pgchanges.lazy import LazyMapping
 
@@ -234,11 +234,8 @@ class PyGuarded:
 
 
 def _compiled() -> Any:
-    if os.environ.get("PGCHANGES_PURE_PYTHON"):
-        return None
-    try:
-        speedups = importlib.import_module("pgchanges._speedups")
-    except ImportError:
+    speedups = compiled("_speedups")
+    if speedups is None:
         return None
     speedups.configure(DecodeError, UNCHANGED_TOAST, Mapping, _scan_json, json.loads, _fast_loads)
     Mapping.register(speedups.Row)

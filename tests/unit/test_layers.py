@@ -10,7 +10,7 @@ ROOT = Path(pgchanges.__file__).parent
 #: Pure modules: values, names and formats, no I/O; they import no other layer.
 PURE = {
     "change", "valuecodec", "names", "pgoutput", "rowmaps", "lazy", "errors", "conninfo", "plain_run", "retry",
-    "_version",
+    "_version", "compiled",
 }  # fmt: skip
 #: layer -> the layers it must not import
 FORBIDDEN = {
