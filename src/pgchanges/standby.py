@@ -55,6 +55,8 @@ class SlotLock:
         self._slot = slot
         self._conn: psycopg.Connection[Any] | None = None
         self._params = {"namespace": LOCK_NAMESPACE, "name": name}
+        self._watching: anyio.CancelScope | None = None
+        self._watched: anyio.Event | None = None
 
     async def acquire(self) -> None:
         """Wait until this process holds the lock (and the slot is free); cancellable."""
@@ -91,21 +93,34 @@ class SlotLock:
         log.warning("slot %s is still active after %.0fs; starting anyway", self._slot, SLOT_RELEASE_SECONDS)
 
     async def watch(self) -> None:
-        """Return never while the lock connection lives; raise ConnectionLost once it broke."""
+        """Return never while the lock connection lives; raise ConnectionLost once it broke.
+
+        ``release()`` ends the watch first and waits for it: closing the connection under a watch would read
+        as a broken lock (and wait on a closed socket), which once made a clean SIGTERM exit with an error.
+        """
         conn = self._conn
-        assert conn is not None
+        if conn is None:  # released before the watch began
+            return
         pgconn = conn.pgconn
-        while True:
-            try:
-                await anyio.wait_readable(pgconn.socket)
-                pgconn.consume_input()
-            except (OSError, psycopg.OperationalError):
-                pass
-            if pgconn.status != psycopg.pq.ConnStatus.OK or conn.broken:
-                raise ConnectionLost(f"lost the lock on {self.name} (its connection broke); stopping")
-            await anyio.sleep(0.1)  # readable without breaking: a notice; look again shortly
+        self._watched = watched = anyio.Event()
+        try:
+            with anyio.CancelScope() as self._watching:
+                while True:
+                    try:
+                        await anyio.wait_readable(pgconn.socket)
+                        pgconn.consume_input()
+                    except (OSError, psycopg.OperationalError):
+                        pass
+                    if pgconn.status != psycopg.pq.ConnStatus.OK or conn.broken:
+                        raise ConnectionLost(f"lost the lock on {self.name} (its connection broke); stopping")
+                    await anyio.sleep(0.1)  # readable without breaking: a notice; look again shortly
+        finally:
+            watched.set()
 
     async def release(self) -> None:
+        if self._watching is not None and self._watched is not None:
+            self._watching.cancel()
+            await self._watched.wait()
         conn, self._conn = self._conn, None
         await close_async(conn)  # the session ends: the server releases the lock
 
