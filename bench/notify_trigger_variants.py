@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from typing import Any
 
 import psycopg
 
 from bench.common import bench_database, machine, write_results
-from bench.notify_bench import PEER_COLUMNS, trigger_us_per_row, write_rows
+from bench.notify_bench import PEER_COLUMNS, PEER_ROW, trigger_us_per_row, write_rows
 from pgchanges.capture import install as capture
 from pgchanges.names import TableName
 
@@ -34,7 +35,16 @@ CAT = "OPERATOR(pg_catalog.||)"
 NAMES = f"""',"s":' {CAT} pg_catalog.to_json(TG_TABLE_SCHEMA) {CAT} ',"t":' {CAT} pg_catalog.to_json(TG_TABLE_NAME)"""
 
 
-def variant(name: str, *, names: str = NAMES, event_id: str = "", xid: bool = True, cast: str = "") -> str:
+def variant(
+    name: str,
+    *,
+    names: str = NAMES,
+    event_id: str = "",
+    xid: bool = True,
+    cast: str = "",
+    definer: str = "SECURITY DEFINER",
+    spill_check: bool = True,
+) -> str:
     """notify_row_v2 (capture/sql/0011_notify_payload_v2.sql) with the pieces given; spilling left out."""
     event_id = event_id or "pg_catalog.nextval('pgchanges.event_seq'::pg_catalog.regclass)"
     xid_piece = f"""{CAT} ',"x":' {CAT} pg_catalog.pg_current_xact_id(){cast}""" if xid else ""
@@ -45,7 +55,7 @@ def variant(name: str, *, names: str = NAMES, event_id: str = "", xid: bool = Tr
     channel = "TG_ARGV[1]" if names == "TG_ARGV[0]" else "TG_ARGV[0]"
     relid = "TG_RELID::pg_catalog.int8::pg_catalog.text" if cast else "TG_RELID"
     return f"""
-CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql {definer} AS $fn$
 DECLARE
     payload pg_catalog.text := '{{"v":2,"id":' {CAT} {event_id}{cast} {CAT} ',"r":' {CAT} {relid} {xid_piece}
         {CAT} {names} {CAT} CASE
@@ -53,15 +63,29 @@ DECLARE
             WHEN TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN ',"op":"delete","o":' {CAT} {rows["OLD"]}
             ELSE ',"op":"update","n":' {CAT} {rows["NEW"]} {CAT} ',"o":' {CAT} {rows["OLD"]}
         END {CAT} '}}';
-BEGIN
-    IF pg_catalog.octet_length(payload) OPERATOR(pg_catalog.>=) 8000 THEN
-        RAISE 'a spill: not measured here';
-    END IF;
+BEGIN{SPILL_CHECK if spill_check else ""}
     PERFORM pg_catalog.pg_notify({channel}, payload);
     RETURN NULL;
 END
 $fn$;"""
 
+
+SPILL_CHECK = """
+    IF pg_catalog.octet_length(payload) OPERATOR(pg_catalog.>=) 8000 THEN
+        RAISE 'a spill: not measured here';
+    END IF;"""
+
+#: the statement-level form: one query over the statement's transition table, one notification per row
+STATEMENT = f"""
+CREATE FUNCTION v_statement() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $fn$
+BEGIN
+    PERFORM pg_catalog.pg_notify(TG_ARGV[1], '{{"v":2,"id":' {CAT} pg_catalog.nextval('pgchanges.event_seq'::pg_catalog.regclass)
+        {CAT} ',"r":' {CAT} TG_RELID {CAT} ',"x":' {CAT} pg_catalog.pg_current_xact_id() {CAT} TG_ARGV[0]
+        {CAT} ',"op":"insert","n":' {CAT} pg_catalog.to_json(n) {CAT} '}}')
+    FROM new_rows n;
+    RETURN NULL;
+END
+$fn$;"""
 
 PEER = """CREATE FUNCTION peer_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_notify('peer', row_to_json(NEW)::text); RETURN NULL; END $$;"""
@@ -86,7 +110,26 @@ def variants() -> dict[str, tuple[str, str]]:
             f"v_noxid({fragment('names_as_arguments_no_xid')}, 'c')",
         ),
         "explicit_casts": (variant("v_cast", cast="::pg_catalog.text"), "v_cast('c')"),
+        "no_security_definer": (variant("v_invoker", definer=""), "v_invoker('c')"),
+        "no_spill_check": (variant("v_nocheck", spill_check=False), "v_nocheck('c')"),
+        "lean": (
+            variant("v_lean", names="TG_ARGV[0]", definer="", spill_check=False),
+            f"v_lean({fragment('lean')}, 'c')",
+        ),
+        "statement": (STATEMENT, f"v_statement({fragment('statement')}, 'c')"),
+        "statement_v3": (open("/tmp/proto/v3l.sql").read(), "pgchanges.notify_rows_v3('c')"),
     }
+
+
+def write_single_rows(conninfo: str, table: str, n: int) -> float:
+    """Microseconds per statement of ``n`` single-row INSERT statements in one transaction (a DO loop)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        start = time.perf_counter()
+        conn.execute(
+            f"DO $$ BEGIN FOR g IN 1..{n} LOOP INSERT INTO {table} (name, qty, price, at, payload) "
+            f"SELECT {PEER_ROW}; END LOOP; END $$"
+        )
+        return (time.perf_counter() - start) / n * 1e6
 
 
 def main() -> None:
@@ -104,12 +147,15 @@ def main() -> None:
             capture.install(conn, [TableName("public", "installed")])
             for table, (create, call) in made.items():
                 conn.execute(create)
-                conn.execute(f"CREATE TRIGGER x AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {call}")
+                level = {"statement": "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT",
+                         "statement_v3": "REFERENCING NEW TABLE AS pgchanges_new FOR EACH STATEMENT"}.get(table, "FOR EACH ROW")
+                conn.execute(f"CREATE TRIGGER x AFTER INSERT ON {table} {level} EXECUTE FUNCTION {call}")
         for rnd in range(args.rounds):
             for table in tables[rnd % len(tables) :] + tables[: rnd % len(tables)]:
                 if table != "none":
                     figures.setdefault(("us", table), []).append(trigger_us_per_row(conninfo, table))
                 figures.setdefault(("s", table), []).append(write_rows(conninfo, table, args.rows))
+                figures.setdefault(("single", table), []).append(write_single_rows(conninfo, table, args.rows // 4))
             print("round", rnd, flush=True)
         version = cluster.version
     report(tables, figures, args, version)
@@ -124,17 +170,24 @@ def report(tables: list[str], figures: dict[tuple[str, str], list[float]], args:
         us = statistics.median(figures[("us", table)]) if ("us", table) in figures else 0.0
         seconds = figures[("s", table)]
         ratio = statistics.median(a / b for a, b in zip(seconds, peer, strict=True))
+        single = figures[("single", table)]
+        single_ratio = statistics.median(a / b for a, b in zip(single, figures[("single", "peer")], strict=True))
         data["variants"][table] = {"trigger_us_per_row": round(us, 2), "writer_s": round(statistics.median(seconds), 3),
-                                   "writer_ratio_to_peer": round(ratio, 3)}  # fmt: skip
-        rows.append(f"| {table} | {us:.2f} | {statistics.median(seconds):.3f} | {ratio:.3f} |")
+                                   "writer_ratio_to_peer": round(ratio, 3),
+                                   "single_row_statement_us": round(statistics.median(single), 2),
+                                   "single_row_ratio_to_peer": round(single_ratio, 3)}  # fmt: skip
+        rows.append(
+            f"| {table} | {us:.2f} | {statistics.median(seconds):.3f} | {ratio:.3f} "
+            f"| {statistics.median(single):.1f} | {single_ratio:.3f} |"
+        )
     markdown = f"""# Notify trigger variants
 
 PostgreSQL {version}, fsync on, {data["machine"]["cpus"]} CPUs. Reproduce: `.venv/bin/python -m bench.notify_trigger_variants
 --rounds {args.rounds}` (the module docstring says what each variant is). {args.rows:,} rows per write, in transactions of
 1,000; medians of {args.rounds} rotated rounds.
 
-| table's trigger | trigger µs per row (EXPLAIN ANALYZE) | writer s | writer ÷ the peers' writer |
-|---|---|---|---|
+| table's trigger | trigger µs per row (EXPLAIN ANALYZE) | writer s | writer ÷ the peers' writer | single-row INSERT µs | ÷ the peers' |
+|---|---|---|---|---|---|
 {chr(10).join(rows)}
 """
     write_results("notify-trigger-variants", data, markdown)

@@ -55,7 +55,7 @@ async def test_without_the_event_trigger_the_app_follows_on_a_timer(dsn, db):
         await tg.start(app.serve)
         db.execute("CREATE TABLE later_t (id int PRIMARY KEY, note text)")
         with anyio.fail_after(10):
-            while "pgchanges_notify" not in triggers_on(db, "later_t"):
+            while "pgchanges_notify_insert" not in triggers_on(db, "later_t"):
                 await anyio.sleep(0.05)
         db.execute("INSERT INTO later_t VALUES (1, 'picked up')")
         db.execute("INSERT INTO first_t VALUES (2)")
@@ -124,7 +124,7 @@ def test_a_role_without_rights_on_pgchanges_can_still_create_tables_and_they_are
             conn.execute("CREATE TABLE mine (id int)")
             conn.execute("ALTER TABLE mine ADD COLUMN note text")
             conn.execute("INSERT INTO mine VALUES (1)")
-        assert triggers_on(db, "mine") == ["pgchanges_notify", "pgchanges_notify_truncate"]
+        assert triggers_on(db, "mine") == [f"pgchanges_notify_{event}" for event in ("delete", "insert", "truncate", "update")]
     finally:
         db.execute("DROP TABLE IF EXISTS mine")
         db.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")

@@ -69,11 +69,23 @@ async def test_version_5_outbox_and_notify_capture_carry_over(dsn, db):
     assert channel == "pgchanges:public.notes"
 
 
-def notify_trigger_functions(db):
+def notify_trigger_functions(db, table="notes"):
     return db.execute(
         """SELECT t.tgname, p.oid::regprocedure::text, encode(t.tgargs, 'escape') FROM pg_trigger t
-           JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgrelid = 'notes'::regclass ORDER BY 1"""
+           JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgrelid = %s::regclass ORDER BY 1""",
+        (table,),
     ).fetchall()
+
+
+def statement_triggers(args: str, truncate: str = "pgchanges.notify_truncate_v2()") -> list[tuple[str, str, str]]:
+    """The notify triggers of a table (not partitioned) since version 12, with the trigger arguments ``args``."""
+    rows = "pgchanges.notify_rows_v3()"
+    return [
+        ("pgchanges_notify_delete", rows, args),
+        ("pgchanges_notify_insert", rows, args),
+        ("pgchanges_notify_truncate", truncate, args),
+        ("pgchanges_notify_update", rows, args),
+    ]
 
 
 def format_1_function() -> str:
@@ -98,13 +110,12 @@ async def test_notify_triggers_move_to_payload_format_2_and_format_1_payloads_st
     assert {f for _, f, _ in notify_trigger_functions(db)} == {"pgchanges.notify_row_v1()"}
 
     migrations.migrate(db)
-    assert notify_trigger_functions(db) == [
-        ("pgchanges_notify", "pgchanges.notify_row_v2()", f"{channel}\\000"),
-        ("pgchanges_notify_truncate", "pgchanges.notify_truncate_v2()", f"{channel}\\000"),
-    ]
+    assert notify_trigger_functions(db) == statement_triggers(f"{channel}\\000")
 
     # a writer still on format 1 (notifications in flight across the upgrade, payloads spilled before it)
     db.execute(format_1_function())
+    for op in ("insert", "update", "delete"):
+        db.execute(f"DROP TRIGGER pgchanges_notify_{op} ON notes")
     db.execute(
         "CREATE OR REPLACE TRIGGER pgchanges_notify AFTER INSERT OR UPDATE OR DELETE ON notes "
         f"FOR EACH ROW EXECUTE FUNCTION public.notify_format_1('{channel}')"
@@ -119,3 +130,47 @@ async def test_notify_triggers_move_to_payload_format_2_and_format_1_payloads_st
     assert type(insert.new["doc"]["v"]) is float and str(insert.new["amount"]) == "1.10"
     assert update.changed == ("body",) and len(update.new["body"]) == 9000 and update.old["body"] == "short"
     assert delete.new is None and delete.old["body"] == "y" * 9000
+
+
+@pytest.mark.anyio
+async def test_notify_row_triggers_become_statement_triggers_except_on_partitioned_tables(dsn, db):
+    db.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    db.execute("CREATE TABLE ledger (id int, at int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)")
+    db.execute("CREATE TABLE ledger_1 PARTITION OF ledger FOR VALUES FROM (0) TO (100)")
+    apply_one_by_one(db, 11)
+    notes, ledger = TableName("public", "notes").channel, TableName("public", "ledger").channel
+    db.execute(  # what version 11's install did: rules (two for notes), and the triggers that following makes
+        """INSERT INTO pgchanges.capture_rules (source, schema_like, table_like, channel)
+           VALUES ('notify', 'public', 'notes', %s), ('notify', 'public', 'no%%', 'elsewhere'),
+                  ('notify', 'public', 'ledger', %s)""",
+        (notes, ledger),
+    )
+    db.execute("SELECT pgchanges.follow_table_v1('notes'::regclass), pgchanges.follow_table_v1('ledger'::regclass)")
+    assert [f for _, f, _ in notify_trigger_functions(db)] == ["pgchanges.notify_row_v2()", "pgchanges.notify_truncate_v2()"]
+
+    migrations.migrate(db)
+    assert notify_trigger_functions(db) == statement_triggers(f"elsewhere\\000{notes}\\000")
+    row_trigger = [
+        ("pgchanges_notify", "pgchanges.notify_row_v2()", f"{ledger}\\000"),
+        ("pgchanges_notify_truncate", "pgchanges.notify_truncate_v2()", f"{ledger}\\000"),
+    ]
+    assert notify_trigger_functions(db, "ledger") == row_trigger
+    assert notify_trigger_functions(db, "ledger_1") == row_trigger[:1], "the clone of the parent's row trigger"
+
+    async with pgchanges.stream(dsn, tables=["notes", "ledger"]) as changes:
+        db.execute("INSERT INTO notes VALUES (1, 'a'), (2, 'b')")
+        db.execute("UPDATE notes SET body = body || '!'")
+        db.execute("DELETE FROM notes")
+        db.execute("INSERT INTO ledger VALUES (1, 5)")
+        db.execute("INSERT INTO ledger_1 VALUES (2, 6)")  # a statement naming the partition
+        got = await take(changes, 8)
+    assert [(c.table, c.op, c.new and dict(c.new), c.old and dict(c.old)) for c in got] == [
+        ("notes", "insert", {"id": 1, "body": "a"}, None),
+        ("notes", "insert", {"id": 2, "body": "b"}, None),
+        ("notes", "update", {"id": 1, "body": "a!"}, {"id": 1, "body": "a"}),
+        ("notes", "update", {"id": 2, "body": "b!"}, {"id": 2, "body": "b"}),
+        ("notes", "delete", None, {"id": 1, "body": "a!"}),
+        ("notes", "delete", None, {"id": 2, "body": "b!"}),
+        ("ledger_1", "insert", {"id": 1, "at": 5}, None),
+        ("ledger_1", "insert", {"id": 2, "at": 6}, None),
+    ]

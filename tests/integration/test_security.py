@@ -32,6 +32,7 @@ from tests.conftest import take
 #: What the hostile test makes run: each SECURITY DEFINER function of schema pgchanges, and each event trigger.
 EXERCISED_FUNCTIONS = {
     "notify_row_v2",
+    "notify_rows_v3",
     "notify_truncate_v2",
     "outbox_insert_v1",
     "outbox_update_v1",
@@ -160,6 +161,8 @@ def test_a_hostile_search_path_cannot_make_any_pgchanges_function_run_its_code(d
     assert len(statements) > 100, "the shadows should cover the functions and operators pgchanges names"
     for statement in statements:
         evil.execute(statement)
+    for name in ("pgchanges_new", "pgchanges_old"):  # named as the notify triggers' transition tables
+        evil.execute(f"CREATE TABLE public.{name} (id int, body text)")
     db.execute("SELECT pgchanges.sleep_v1('someone', 'asleep', 60)")  # a sleeping worker: the triggers NOTIFY too
     listener = psycopg.connect(db.info.dsn, autocommit=True)
     listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(parse_table("public.n").channel)))

@@ -8,7 +8,7 @@ from pgchanges.capture import migrations
 # sha256 of every landed migration and of the baseline shipped now. A landed file is never edited (see
 # capture/migrations.py): a schema change is a new numbered migration, whose hash is added here in the change
 # that lands it. Only the newest baseline is ever run, so an older one is removed (with its hash) when a new one
-# lands: baseline_0010.sql was replaced by baseline_0011.sql.
+# lands: baseline_0011.sql was replaced by baseline_0012.sql.
 LANDED = {
     "0001_base.sql": "02864576515eea255d98437db5146aafc23fe71f08aaee568c8c9ed89ea568cd",
     "0002_outbox.sql": "005b459658a900dba68e549e8a6a82ee4b41844343ddfed8ae02df6248d82d41",
@@ -21,7 +21,8 @@ LANDED = {
     "0009_outbox_write_path.sql": "98f8a41bb03cfaae942206f36659a25daafd8ff9ea5b3aec28a3b52064d689d7",
     "0010_outbox_cut_pieces.sql": "d51a006f9cd5a468b10f68ed61f202c7d000a6c309c9a9548ac3ab206bc89363",
     "0011_notify_payload_v2.sql": "27ed51de2daf40deb7f89cc66851ec0370888b1665e5d9550215364a2e148d5f",
-    "baseline_0011.sql": "52b8797c5b78e67e14cd56f5d9682ba1d43ca71bf06d3c2d7c3a48025a9ca934",
+    "0012_notify_statement_triggers.sql": "8fd35fd81ede98e9485652cd54f3e57c58cb8e02f39a7124bd81cd256dcc6d0a",
+    "baseline_0012.sql": "05fe7dea1c434b8952d7157329addcfc796e707577f18e3ee8763a1740971a6c",
 }
 
 

@@ -1,13 +1,13 @@
--- pgchanges schema: the baseline of migration 0011.
+-- pgchanges schema: the baseline of migration 0012.
 --
--- A fresh install runs this one file instead of 0001_base.sql .. 0011_notify_payload_v2.sql. It creates the
--- schema exactly as those eleven migrations, applied one by one, leave it (tables, columns in their order,
--- defaults, constraints, indexes, sequences, functions, the view) and records the eleven as applied, so a
+-- A fresh install runs this one file instead of 0001_base.sql .. 0012_notify_statement_triggers.sql. It
+-- creates the schema exactly as those twelve migrations, applied one by one, leave it (tables, columns in their order,
+-- defaults, constraints, indexes, sequences, functions, the view) and records the twelve as applied, so a
 -- database installed from here and one migrated from any earlier version are the same from then on.
 -- tests/integration/test_baseline.py compares the catalogs of the two, so they cannot drift apart.
 --
 -- Never edit this file, nor a numbered migration, once it has landed. Every change to the schema is a new
--- numbered migration (0012_*.sql and on), which then applies on top of this baseline and of 0011 alike.
+-- numbered migration (0013_*.sql and on), which then applies on top of this baseline and of 0012 alike.
 -- Functions carry a version suffix, so that a migration can add a new version beside the one it replaces.
 --
 -- The numbered migrations tell how each object came to be; the comments here say what each one is for.
@@ -55,8 +55,9 @@ CREATE TABLE pgchanges.spill (
 );
 CREATE INDEX spill_created_at ON pgchanges.spill (created_at);
 
--- Row trigger of the notify source (INSERT, UPDATE, DELETE). Its arguments are the channels to signal (one per
--- matching rule). The payload is JSON, written by concatenation in one expression:
+-- Row trigger of the notify source on a partitioned table (INSERT, UPDATE, DELETE; cloned onto each partition,
+-- so a statement naming a partition is signalled too); other tables have the statement triggers of
+-- notify_rows_v3, which write the same payloads. Its arguments are the channels to signal (one per matching rule). The payload is JSON, written by concatenation in one expression:
 --   v: format version (2), id: event id, r: table oid, x: transaction id, s/t: schema/table, op,
 --   n/o: new/old row as to_json() writes it (typed back to Python by the listener), absent when there is none.
 -- Payloads of 8000 bytes or more are stored in pgchanges.spill and the notification carries only their id
@@ -117,6 +118,82 @@ BEGIN
     FOR i IN 0 .. TG_NARGS OPERATOR(pg_catalog.-) 1 LOOP
         PERFORM pg_catalog.pg_notify(TG_ARGV[i], payload);
     END LOOP;
+    RETURN NULL;
+END
+$fn$;
+
+-- Spilled payload of the notify source, for notify_rows_v3 (payloads of 8000 bytes or more): stored in
+-- pgchanges.spill, and the notification carries only its id (v, id, spill, s, t), as notify_row_v2 does. Not
+-- SECURITY DEFINER, and not for PUBLIC: it runs inside notify_rows_v3, as the schema's owner; nobody else may
+-- store a payload under an id of their choosing (a writer's spill of that id would then fail).
+CREATE FUNCTION pgchanges.notify_spill_v3(p_payload pg_catalog.text) RETURNS pg_catalog.text
+LANGUAGE plpgsql
+AS $fn$
+DECLARE
+    fields   pg_catalog.json := p_payload::pg_catalog.json;
+    event_id pg_catalog.int8 := (fields OPERATOR(pg_catalog.->>) 'id')::pg_catalog.int8;
+BEGIN
+    INSERT INTO pgchanges.spill (id, payload) VALUES (event_id, p_payload);
+    RETURN '{"v":2,"id":' OPERATOR(pg_catalog.||) event_id
+        OPERATOR(pg_catalog.||) ',"spill":true,"s":' OPERATOR(pg_catalog.||) (fields OPERATOR(pg_catalog.->) 's')
+        OPERATOR(pg_catalog.||) ',"t":' OPERATOR(pg_catalog.||) (fields OPERATOR(pg_catalog.->) 't') OPERATOR(pg_catalog.||) '}';
+END
+$fn$;
+REVOKE EXECUTE ON FUNCTION pgchanges.notify_spill_v3(pg_catalog.text) FROM PUBLIC;
+
+-- Statement trigger of the notify source: AFTER INSERT, UPDATE or DELETE (one event per trigger), with the
+-- statement's rows in the transition tables pgchanges_new and pgchanges_old. Its arguments are the channels to
+-- signal (one per matching rule). Each row's payload is made once (the OFFSET 0 fences keep nextval and the
+-- spill to one evaluation per row; the channels are a LATERAL subquery of each payload) and sent to every
+-- channel, in the order of the transition tables: payload format 2 as notify_row_v2 writes it (v, id, r, x,
+-- s, t, op, n, o). SECURITY DEFINER so that writers need no privilege on the pgchanges schema; no SET clause:
+-- every function, operator, type and table is schema-qualified, and an unqualified name finds the transition
+-- table before any table of that name.
+CREATE FUNCTION pgchanges.notify_rows_v3() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+AS $fn$
+DECLARE
+    head pg_catalog.text := ',"r":' OPERATOR(pg_catalog.||) TG_RELID
+        OPERATOR(pg_catalog.||) ',"x":' OPERATOR(pg_catalog.||) pg_catalog.pg_current_xact_id()
+        OPERATOR(pg_catalog.||) ',"s":' OPERATOR(pg_catalog.||) pg_catalog.to_json(TG_TABLE_SCHEMA)
+        OPERATOR(pg_catalog.||) ',"t":' OPERATOR(pg_catalog.||) pg_catalog.to_json(TG_TABLE_NAME);
+BEGIN
+    IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+        PERFORM 1
+        FROM (SELECT CASE WHEN pg_catalog.octet_length(made.payload) OPERATOR(pg_catalog.<) 8000 THEN made.payload
+                          ELSE pgchanges.notify_spill_v3(made.payload) END AS payload
+              FROM (SELECT '{"v":2,"id":' OPERATOR(pg_catalog.||) pg_catalog.nextval('pgchanges.event_seq'::pg_catalog.regclass)
+                           OPERATOR(pg_catalog.||) head OPERATOR(pg_catalog.||) ',"op":"insert","n":' OPERATOR(pg_catalog.||) pg_catalog.to_json(n) OPERATOR(pg_catalog.||) '}' AS payload
+                    FROM pgchanges_new n
+                    OFFSET 0) made
+              OFFSET 0) fitted,
+             LATERAL (SELECT pg_catalog.pg_notify(c.channel, fitted.payload)
+                      FROM pg_catalog.unnest(TG_ARGV) AS c(channel)) AS sent;
+    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+        PERFORM 1
+        FROM (SELECT CASE WHEN pg_catalog.octet_length(made.payload) OPERATOR(pg_catalog.<) 8000 THEN made.payload
+                          ELSE pgchanges.notify_spill_v3(made.payload) END AS payload
+              FROM (SELECT '{"v":2,"id":' OPERATOR(pg_catalog.||) pg_catalog.nextval('pgchanges.event_seq'::pg_catalog.regclass)
+                           OPERATOR(pg_catalog.||) head OPERATOR(pg_catalog.||) ',"op":"delete","o":' OPERATOR(pg_catalog.||) pg_catalog.to_json(o) OPERATOR(pg_catalog.||) '}' AS payload
+                    FROM pgchanges_old o
+                    OFFSET 0) made
+              OFFSET 0) fitted,
+             LATERAL (SELECT pg_catalog.pg_notify(c.channel, fitted.payload)
+                      FROM pg_catalog.unnest(TG_ARGV) AS c(channel)) AS sent;
+    ELSE
+        PERFORM 1
+        FROM (SELECT CASE WHEN pg_catalog.octet_length(made.payload) OPERATOR(pg_catalog.<) 8000 THEN made.payload
+                          ELSE pgchanges.notify_spill_v3(made.payload) END AS payload
+              FROM (SELECT '{"v":2,"id":' OPERATOR(pg_catalog.||) pg_catalog.nextval('pgchanges.event_seq'::pg_catalog.regclass)
+                           OPERATOR(pg_catalog.||) head OPERATOR(pg_catalog.||) ',"op":"update","n":' OPERATOR(pg_catalog.||) pair.n OPERATOR(pg_catalog.||) ',"o":' OPERATOR(pg_catalog.||) pair.o OPERATOR(pg_catalog.||) '}' AS payload
+                    FROM ROWS FROM (pg_catalog.unnest((SELECT pg_catalog.array_agg(pg_catalog.to_json(n)) FROM pgchanges_new n)),
+                              pg_catalog.unnest((SELECT pg_catalog.array_agg(pg_catalog.to_json(o)) FROM pgchanges_old o)))
+                         AS pair(n, o)
+                    OFFSET 0) made
+              OFFSET 0) fitted,
+             LATERAL (SELECT pg_catalog.pg_notify(c.channel, fitted.payload)
+                      FROM pg_catalog.unnest(TG_ARGV) AS c(channel)) AS sent;
+    END IF;
     RETURN NULL;
 END
 $fn$;
@@ -548,6 +625,26 @@ $fn$;
 -- Brings one table's capture in line with the rules; returns whether anything changed.
 -- p_in_ddl: called by the event trigger, in the transaction of the DDL that renamed the table (so the name
 -- history is exact); the periodic follow cannot know when a rename happened and records none.
+-- The notify statement triggers of a table (not partitioned), with the channels ``p_args`` (a list of quoted
+-- literals); the row trigger of earlier versions goes.
+CREATE FUNCTION pgchanges.set_notify_statement_triggers_v1(p_table oid, p_args text) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+    EXECUTE format('CREATE OR REPLACE TRIGGER pgchanges_notify_insert AFTER INSERT ON %s '
+                   'REFERENCING NEW TABLE AS pgchanges_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION pgchanges.notify_rows_v3(%s)', p_table::regclass, p_args);
+    EXECUTE format('CREATE OR REPLACE TRIGGER pgchanges_notify_update AFTER UPDATE ON %s '
+                   'REFERENCING OLD TABLE AS pgchanges_old NEW TABLE AS pgchanges_new '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION pgchanges.notify_rows_v3(%s)', p_table::regclass, p_args);
+    EXECUTE format('CREATE OR REPLACE TRIGGER pgchanges_notify_delete AFTER DELETE ON %s '
+                   'REFERENCING OLD TABLE AS pgchanges_old '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION pgchanges.notify_rows_v3(%s)', p_table::regclass, p_args);
+    EXECUTE format('DROP TRIGGER IF EXISTS pgchanges_notify ON %s', p_table::regclass);
+END
+$fn$;
+
 CREATE FUNCTION pgchanges.follow_table_v1(p_table oid, p_in_ddl boolean DEFAULT false) RETURNS boolean
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -558,18 +655,26 @@ DECLARE
     t_ident    text;
     t_key      text[];
     t_full     boolean;
+    t_kind     "char";
     channels   text[];
     args       text;
     wanted     boolean;
     had        boolean;
     pub        record;
+    trg        record;
     changed    boolean := false;
 BEGIN
-    SELECT n.nspname, c.relname, c.relreplident = 'f' INTO t_schema, t_name, t_full
+    SELECT n.nspname, c.relname, c.relreplident = 'f', c.relkind INTO t_schema, t_name, t_full, t_kind
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = p_table AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
       AND n.nspname NOT IN ('pgchanges', 'pg_catalog', 'information_schema');
     IF NOT FOUND THEN
+        -- A table attached as a partition is captured through its parent's row triggers (cloned onto it): its
+        -- own statement triggers would signal its rows a second time.
+        FOR trg IN SELECT g.tgname FROM pg_catalog.pg_trigger g
+                   WHERE g.tgrelid = p_table AND g.tgfoid = 'pgchanges.notify_rows_v3()'::pg_catalog.regprocedure LOOP
+            EXECUTE format('DROP TRIGGER %I ON %s', trg.tgname, p_table::regclass);
+        END LOOP;
         DELETE FROM pgchanges.captures WHERE table_oid = p_table;
         RETURN false;
     END IF;
@@ -581,16 +686,22 @@ BEGIN
     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
     WHERE i.indrelid = p_table AND i.indisprimary;
 
-    -- notify: one row trigger and one TRUNCATE trigger, given the channels of every matching rule
+    -- notify: statement triggers (row triggers on a partitioned table: see notify_rows_v3) and a TRUNCATE trigger,
+    -- given the channels of every matching rule
     SELECT array_agg(DISTINCT r.channel ORDER BY r.channel) INTO channels FROM pgchanges.capture_rules r
     WHERE r.source = 'notify' AND t_schema LIKE r.schema_like AND t_name LIKE r.table_like;
-    had := EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_table AND tgname = 'pgchanges_notify');
+    had := EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_table
+                   AND tgname = CASE WHEN t_kind = 'p' THEN 'pgchanges_notify' ELSE 'pgchanges_notify_insert' END);
     IF channels IS NOT NULL THEN
         IF NOT had OR channels IS DISTINCT FROM (SELECT k.channels FROM pgchanges.captures k
                                                  WHERE k.table_oid = p_table AND k.source = 'notify') THEN
             SELECT string_agg(quote_literal(ch), ', ') INTO args FROM unnest(channels) AS ch;
-            EXECUTE format('CREATE OR REPLACE TRIGGER pgchanges_notify AFTER INSERT OR UPDATE OR DELETE ON %s '
-                           'FOR EACH ROW EXECUTE FUNCTION pgchanges.notify_row_v2(%s)', t_ident, args);
+            IF t_kind = 'p' THEN
+                EXECUTE format('CREATE OR REPLACE TRIGGER pgchanges_notify AFTER INSERT OR UPDATE OR DELETE ON %s '
+                               'FOR EACH ROW EXECUTE FUNCTION pgchanges.notify_row_v2(%s)', t_ident, args);
+            ELSE
+                PERFORM pgchanges.set_notify_statement_triggers_v1(p_table, args);
+            END IF;
             EXECUTE format('CREATE OR REPLACE TRIGGER pgchanges_notify_truncate AFTER TRUNCATE ON %s '
                            'FOR EACH STATEMENT EXECUTE FUNCTION pgchanges.notify_truncate_v2(%s)', t_ident, args);
             changed := true;
@@ -602,6 +713,9 @@ BEGIN
     ELSE
         IF had THEN
             EXECUTE format('DROP TRIGGER IF EXISTS pgchanges_notify ON %s', t_ident);
+            EXECUTE format('DROP TRIGGER IF EXISTS pgchanges_notify_insert ON %s', t_ident);
+            EXECUTE format('DROP TRIGGER IF EXISTS pgchanges_notify_update ON %s', t_ident);
+            EXECUTE format('DROP TRIGGER IF EXISTS pgchanges_notify_delete ON %s', t_ident);
             EXECUTE format('DROP TRIGGER IF EXISTS pgchanges_notify_truncate ON %s', t_ident);
             changed := true;
         END IF;
@@ -809,4 +923,5 @@ INSERT INTO pgchanges.migrations (version, name) VALUES
     (8, 'outbox_lanes'),
     (9, 'outbox_write_path'),
     (10, 'outbox_cut_pieces'),
-    (11, 'notify_payload_v2');
+    (11, 'notify_payload_v2'),
+    (12, 'notify_statement_triggers');
