@@ -1,20 +1,25 @@
-"""Variants of the notify row trigger against the peers' bare ``pg_notify(row_to_json(NEW))`` (issue 15, notify).
+"""The notify triggers against the peers' bare ``pg_notify(row_to_json(NEW))`` (issue 15, notify).
 
     .venv/bin/python -m bench.notify_trigger_variants [--rounds 5]   # writes bench/results/notify-trigger-variants.*
 
 The notify floor (live, reads values, at least 0.9 of asyncpg) is bound by the writer: a live consumer cannot receive
-faster than the rows are written, and the writer pays for the trigger. Each variant is a copy of
-``notify_row_v2`` with one thing changed, on a table of the peers' columns; per variant the trigger's own
-time per row (EXPLAIN ANALYZE of 5,000 inserts, rolled back) and the time to write 20,000 rows in
-transactions of 1,000 (as ``bench.peers`` writes them), in rotated rounds; ratios are per-round medians.
+faster than the rows are written, and the writer pays for the trigger. On a table of the peers' columns, per
+trigger: its own time per row (EXPLAIN ANALYZE of 5,000 inserts, rolled back), the time to write 20,000 rows in
+transactions of 1,000 (as ``bench.peers`` writes them) and the time of a single-row INSERT statement (a DO loop
+of 5,000, one transaction), in rotated rounds; ratios are per-round medians.
 
-* ``installed``: what ``pgchanges install`` puts on a table now;
-* ``copy``: the same function under another name (the noise floor of the comparison);
-* ``names_as_arguments``: schema and table as a JSON fragment made when the trigger is created, passed as
-  its first argument, instead of two ``to_json(name)`` per row;
-* ``… no_sequence``: also without ``nextval`` (the event id): what the id costs;
-* ``… no_xid``: also without ``pg_current_xact_id()``;
-* ``explicit_casts``: every piece cast to text explicitly (``||`` on a non-text looks its output function up).
+* ``installed``: what ``pgchanges install`` puts on a table now: for INSERT (and DELETE) a statement trigger
+  with a transition table (``notify_rows_v3``, migration 0012);
+* ``row_v2``: the row trigger of migration 0011 (``notify_row_v2``), what install put before;
+* the rest are copies of ``notify_row_v2`` with one thing changed, the search that led to the statement
+  triggers: ``copy`` (another name only: the noise floor), ``names_as_arguments`` (schema and table as a JSON
+  fragment made when the trigger is created, instead of two ``to_json(name)`` per row), ``… no_sequence``
+  (also without ``nextval``, the event id), ``… no_xid`` (also without ``pg_current_xact_id()``),
+  ``explicit_casts``, ``no_security_definer``, ``no_spill_check`` and ``lean`` (names as arguments, neither
+  SECURITY DEFINER nor the spill check).
+
+Updates and deletes: the same timings for ``installed`` (UPDATE keeps the row trigger, DELETE has a statement
+trigger) and ``row_v2`` with triggers on every event, against no trigger.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any
 import psycopg
 
 from bench.common import bench_database, machine, write_results
-from bench.notify_bench import PEER_COLUMNS, PEER_ROW, trigger_us_per_row, write_rows
+from bench.notify_bench import PEER_COLUMNS, PEER_ROW, PER_TXN, trigger_us_per_row, write_rows
 from pgchanges.capture import install as capture
 from pgchanges.names import TableName
 
@@ -75,18 +80,6 @@ SPILL_CHECK = """
         RAISE 'a spill: not measured here';
     END IF;"""
 
-#: the statement-level form: one query over the statement's transition table, one notification per row
-STATEMENT = f"""
-CREATE FUNCTION v_statement() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $fn$
-BEGIN
-    PERFORM pg_catalog.pg_notify(TG_ARGV[1], '{{"v":2,"id":' {CAT} pg_catalog.nextval('pgchanges.event_seq'::pg_catalog.regclass)
-        {CAT} ',"r":' {CAT} TG_RELID {CAT} ',"x":' {CAT} pg_catalog.pg_current_xact_id() {CAT} TG_ARGV[0]
-        {CAT} ',"op":"insert","n":' {CAT} pg_catalog.to_json(n) {CAT} '}}')
-    FROM new_rows n;
-    RETURN NULL;
-END
-$fn$;"""
-
 PEER = """CREATE FUNCTION peer_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_notify('peer', row_to_json(NEW)::text); RETURN NULL; END $$;"""
 
@@ -99,6 +92,7 @@ def variants() -> dict[str, tuple[str, str]]:
 
     return {
         "peer": (PEER, "peer_notify()"),
+        "row_v2": ("", "pgchanges.notify_row_v2('c')"),
         "copy": (variant("v_copy"), "v_copy('c')"),
         "names_as_arguments": (variant("v_args", names="TG_ARGV[0]"), f"v_args({fragment('names_as_arguments')}, 'c')"),
         "names_as_arguments_no_sequence": (
@@ -116,8 +110,6 @@ def variants() -> dict[str, tuple[str, str]]:
             variant("v_lean", names="TG_ARGV[0]", definer="", spill_check=False),
             f"v_lean({fragment('lean')}, 'c')",
         ),
-        "statement": (STATEMENT, f"v_statement({fragment('statement')}, 'c')"),
-        "statement_v3": (open("/tmp/proto/v3l.sql").read(), "pgchanges.notify_rows_v3('c')"),
     }
 
 
@@ -130,6 +122,37 @@ def write_single_rows(conninfo: str, table: str, n: int) -> float:
             f"SELECT {PEER_ROW}; END LOOP; END $$"
         )
         return (time.perf_counter() - start) / n * 1e6
+
+
+EVERY_EVENT = ["none_every_event", "installed_every_event", "row_v2_every_event"]
+
+
+def update_and_delete(conninfo: str, table: str, n: int) -> dict[str, float]:
+    """Seconds to update ``n`` rows in statements (and transactions) of PER_TXN rows; microseconds per single-row
+    UPDATE statement (a DO loop over a quarter of them, one transaction); seconds to delete the ``n`` rows as the
+    update went."""
+    write_rows(conninfo, table, n)  # not timed
+    timed: dict[str, float] = {}
+    with psycopg.connect(conninfo) as conn:
+        first = conn.execute(f"SELECT min(id) FROM {table}").fetchone()[0]  # type: ignore[index]
+
+        def in_statements(statement: str) -> float:
+            start = time.perf_counter()
+            for low in range(first, first + n, PER_TXN):
+                conn.execute(statement, (low, low + PER_TXN - 1))
+                conn.commit()
+            return time.perf_counter() - start
+
+        timed["update_s"] = in_statements(f"UPDATE {table} SET qty = qty + 1 WHERE id BETWEEN %s AND %s")
+        start = time.perf_counter()
+        conn.execute(
+            f"DO $$ BEGIN FOR g IN {first}..{first + n // 4 - 1} LOOP "
+            f"UPDATE {table} SET qty = qty + 1 WHERE id = g; END LOOP; END $$"
+        )
+        conn.commit()
+        timed["single_update_us"] = (time.perf_counter() - start) / (n // 4) * 1e6
+        timed["delete_s"] = in_statements(f"DELETE FROM {table} WHERE id BETWEEN %s AND %s")
+    return timed
 
 
 def main() -> None:
@@ -146,16 +169,25 @@ def main() -> None:
                 conn.execute(f"CREATE TABLE {table} ({PEER_COLUMNS})")
             capture.install(conn, [TableName("public", "installed")])
             for table, (create, call) in made.items():
-                conn.execute(create)
-                level = {"statement": "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT",
-                         "statement_v3": "REFERENCING NEW TABLE AS pgchanges_new FOR EACH STATEMENT"}.get(table, "FOR EACH ROW")
-                conn.execute(f"CREATE TRIGGER x AFTER INSERT ON {table} {level} EXECUTE FUNCTION {call}")
+                if create:
+                    conn.execute(create)
+                conn.execute(f"CREATE TRIGGER x AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {call}")
+            for table in EVERY_EVENT:
+                conn.execute(f"CREATE TABLE {table} ({PEER_COLUMNS})")
+            capture.install(conn, [TableName("public", "installed_every_event")])
+            conn.execute(
+                "CREATE TRIGGER x AFTER INSERT OR UPDATE OR DELETE ON row_v2_every_event "
+                "FOR EACH ROW EXECUTE FUNCTION pgchanges.notify_row_v2('c')"
+            )
         for rnd in range(args.rounds):
             for table in tables[rnd % len(tables) :] + tables[: rnd % len(tables)]:
                 if table != "none":
                     figures.setdefault(("us", table), []).append(trigger_us_per_row(conninfo, table))
                 figures.setdefault(("s", table), []).append(write_rows(conninfo, table, args.rows))
                 figures.setdefault(("single", table), []).append(write_single_rows(conninfo, table, args.rows // 4))
+            for table in EVERY_EVENT[rnd % 3 :] + EVERY_EVENT[: rnd % 3]:
+                for measure, value in update_and_delete(conninfo, table, args.rows).items():
+                    figures.setdefault((measure, table), []).append(value)
             print("round", rnd, flush=True)
         version = cluster.version
     report(tables, figures, args, version)
@@ -180,6 +212,12 @@ def report(tables: list[str], figures: dict[tuple[str, str], list[float]], args:
             f"| {table} | {us:.2f} | {statistics.median(seconds):.3f} | {ratio:.3f} "
             f"| {statistics.median(single):.1f} | {single_ratio:.3f} |"
         )
+    ops = []
+    for table in EVERY_EVENT:
+        medians = {m: statistics.median(figures[(m, table)]) for m in ("update_s", "single_update_us", "delete_s")}
+        data.setdefault("every_event", {})[table] = {m: round(v, 3) for m, v in medians.items()}
+        ops.append(f"| {table.removesuffix('_every_event')} | {medians['update_s']:.3f} | "
+                   f"{medians['single_update_us']:.1f} | {medians['delete_s']:.3f} |")  # fmt: skip
     markdown = f"""# Notify trigger variants
 
 PostgreSQL {version}, fsync on, {data["machine"]["cpus"]} CPUs. Reproduce: `.venv/bin/python -m bench.notify_trigger_variants
@@ -189,6 +227,13 @@ PostgreSQL {version}, fsync on, {data["machine"]["cpus"]} CPUs. Reproduce: `.ven
 | table's trigger | trigger µs per row (EXPLAIN ANALYZE) | writer s | writer ÷ the peers' writer | single-row INSERT µs | ÷ the peers' |
 |---|---|---|---|---|---|
 {chr(10).join(rows)}
+
+Updates and deletes ({args.rows:,} rows, statements of 1,000 committed one by one; single-row UPDATE statements
+in a DO loop), triggers on every event:
+
+| table's triggers | UPDATE s | single-row UPDATE µs | DELETE s |
+|---|---|---|---|
+{chr(10).join(ops)}
 """
     write_results("notify-trigger-variants", data, markdown)
     print(markdown)

@@ -77,14 +77,13 @@ def notify_trigger_functions(db, table="notes"):
     ).fetchall()
 
 
-def statement_triggers(args: str, truncate: str = "pgchanges.notify_truncate_v2()") -> list[tuple[str, str, str]]:
+def statement_triggers(args: str) -> list[tuple[str, str, str]]:
     """The notify triggers of a table (not partitioned) since version 12, with the trigger arguments ``args``."""
-    rows = "pgchanges.notify_rows_v3()"
     return [
-        ("pgchanges_notify_delete", rows, args),
-        ("pgchanges_notify_insert", rows, args),
-        ("pgchanges_notify_truncate", truncate, args),
-        ("pgchanges_notify_update", rows, args),
+        ("pgchanges_notify_delete", "pgchanges.notify_rows_v3()", args),
+        ("pgchanges_notify_insert", "pgchanges.notify_rows_v3()", args),
+        ("pgchanges_notify_truncate", "pgchanges.notify_truncate_v2()", args),
+        ("pgchanges_notify_update", "pgchanges.notify_row_v2()", args),
     ]
 
 

@@ -1,7 +1,8 @@
-"""The notify source's statement triggers (schema version 12): what a row trigger gave for free, kept.
+"""The notify source's triggers since schema version 12 (statement triggers for INSERT and DELETE, the row
+trigger for UPDATE): what row triggers alone gave, kept.
 
-Each row of a statement is one notification, in the order of the transition tables, with its own event id;
-an UPDATE pairs each row's old and new values; a row sent to several channels has one id and one spill; and a
+Each row of a statement is one notification, in the order of the transition tables, with its own event id; a
+row sent to several channels has one id and one spill; an upsert signals its updates and its inserts; and a
 table attached as a partition is signalled once, by its parent's row trigger.
 """
 
@@ -19,11 +20,10 @@ from tests.conftest import take
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_multi_row_update_pairs_each_rows_old_and_new_values(dsn, db):
+async def test_a_multi_row_update_signals_each_rows_old_and_new_values(dsn, db):
     db.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
     db.execute("INSERT INTO t SELECT g, g FROM generate_series(1, 3000) g")
     async with pgchanges.stream(dsn, tables=["t"]) as changes:
-        # one row first: a plan made for it must not be kept for the big statement (it was once quadratic)
         db.execute("UPDATE t SET v = v + 1 WHERE id = 1")
         db.execute("UPDATE t SET v = v + 1")
         got = await take(changes, 3001, timeout=60)
@@ -77,13 +77,19 @@ async def test_a_captured_table_attached_as_a_partition_is_signalled_once(dsn, d
         db.execute("SELECT pgchanges.follow_table_v1('ledger_2'::regclass)")  # what the DDL trigger does
         db.execute("INSERT INTO ledger_2 VALUES (1, 1)")
         db.execute("INSERT INTO ledger VALUES (2, 2)")
-        got = await take(changes, 2)
-    assert [(c.table, c.new["id"]) for c in got] == [("ledger_2", 1), ("ledger_2", 2)]
+        db.execute("UPDATE ledger_2 SET at = 3 WHERE id = 1")
+        db.execute("DELETE FROM ledger_2 WHERE id = 2")
+        db.execute("INSERT INTO ledger_2 VALUES (9, 9)")  # a change after the others: none came twice
+        got = await take(changes, 5)
+    assert [(c.table, c.op, (c.new or c.old)["id"]) for c in got] == [
+        ("ledger_2", "insert", 1), ("ledger_2", "insert", 2), ("ledger_2", "update", 1), ("ledger_2", "delete", 2),
+        ("ledger_2", "insert", 9),
+    ]  # fmt: skip
     own = db.execute(
-        """SELECT count(*) FROM pg_trigger WHERE tgrelid = 'ledger_2'::regclass
-           AND tgfoid = 'pgchanges.notify_rows_v3()'::regprocedure"""
+        """SELECT count(*) FROM pg_trigger WHERE tgrelid = 'ledger_2'::regclass AND tgparentid = 0
+           AND tgfoid IN ('pgchanges.notify_rows_v3()'::regprocedure, 'pgchanges.notify_row_v2()'::regprocedure)"""
     ).fetchone()
-    assert own == (0,), "the clone of the parent's row trigger signals its rows, not statement triggers of its own"
+    assert own == (0,), "the clone of the parent's row trigger signals its rows, not triggers of its own"
 
 
 def _notifications(conn: psycopg.Connection, wanted: int, timeout: float = 10.0) -> list[tuple[str, str]]:

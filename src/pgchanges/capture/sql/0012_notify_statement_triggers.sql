@@ -1,23 +1,25 @@
--- pgchanges schema, version 12: the notify source's triggers are statement triggers with transition tables.
+-- pgchanges schema, version 12: the notify source's INSERT and DELETE triggers are statement triggers with
+-- transition tables.
 --
 -- A row trigger runs its PL/pgSQL function once per row; a multi-row statement (INSERT … SELECT, a bulk
--- UPDATE) paid that call for each row, and the writer's cost bounds what a live consumer can receive. A
--- statement trigger with a transition table makes every payload of the statement in one query, the same
--- JSON (payload format 2, so listeners and spilled payloads are unchanged) in the same order, one
--- notification per row. Measured in bench/results/notify-trigger-variants.md: bulk writes pay a little over
--- half what the row trigger cost them, single-row statements a microsecond or two more.
+-- DELETE) paid that call for each row, and the writer's cost bounds what a live consumer can receive. A
+-- statement trigger with a transition table makes every payload of the statement in one query: the same
+-- JSON (payload format 2, so listeners and spilled payloads are unchanged), in the same order, one
+-- notification per row. It costs each statement more (a query on the transition table where the row trigger
+-- evaluates simple expressions), so a single-row statement pays a few microseconds more; and for UPDATE, whose
+-- old and new rows the statement trigger must pair (by unnesting two arrays side by side: a join on row
+-- numbers is planned once per session, and a plan made for one row went quadratic on a large statement),
+-- that was twice the row trigger's cost per single-row statement, the commonest write there is, so UPDATE
+-- keeps the row trigger. Figures: bench/results/notify-trigger-variants.md.
 --
--- * notify_rows_v3: one function for the INSERT, UPDATE and DELETE triggers (PostgreSQL allows transition
---   tables only on triggers of one event). An UPDATE's old and new rows pair by position in the two
---   transition tables, which PostgreSQL fills in the same order; they are paired by unnesting two arrays side
---   by side, not by a join on row numbers, whose plan is made once per session (for the first statement's row
---   count) and went quadratic when a one-row plan met a large statement.
--- * notify_spill_v3: stores a payload of 8000 bytes or more in pgchanges.spill and gives the short one.
--- * Partitioned tables keep the row trigger (notify_row_v2): PostgreSQL clones a row trigger onto every
---   partition, so a statement naming a partition is signalled too; a statement trigger on the parent is not
---   fired for it.
--- * follow_table_v1 creates the new triggers (set_notify_statement_triggers_v1); a table attached as a
---   partition loses its own statement triggers (its parent's row trigger signals it).
+-- * notify_rows_v3: the function of the INSERT and DELETE statement triggers (PostgreSQL allows transition
+--   tables only on triggers of one event); notify_spill_v3 stores a payload of 8000 bytes or more.
+-- * set_notify_statement_triggers_v1: a table's notify triggers since this version; follow_table_v1 uses it,
+--   and a table attached as a partition loses its own statement triggers (its parent's row trigger, cloned
+--   onto it, signals its rows).
+-- * Partitioned tables keep the row trigger of every event (notify_row_v2): PostgreSQL clones a row trigger
+--   onto every partition, so a statement naming a partition is signalled too; a statement trigger on the
+--   parent is not fired for it.
 -- * Tables captured by an earlier version move to the new triggers, with the channels they have.
 
 -- Spilled payload of the notify source, for notify_rows_v3 (payloads of 8000 bytes or more): stored in
@@ -39,9 +41,9 @@ END
 $fn$;
 REVOKE EXECUTE ON FUNCTION pgchanges.notify_spill_v3(pg_catalog.text) FROM PUBLIC;
 
--- Statement trigger of the notify source: AFTER INSERT, UPDATE or DELETE (one event per trigger), with the
--- statement's rows in the transition tables pgchanges_new and pgchanges_old. Its arguments are the channels to
--- signal (one per matching rule). Each row's payload is made once (the OFFSET 0 fences keep nextval and the
+-- Statement trigger of the notify source: AFTER INSERT or DELETE (one event per trigger), with the statement's
+-- rows in the transition table pgchanges_new or pgchanges_old. Its arguments are the channels to signal (one
+-- per matching rule). Each row's payload is made once (the OFFSET 0 fences keep nextval and the
 -- spill to one evaluation per row; the channels are a LATERAL subquery of each payload) and sent to every
 -- channel, in the order of the transition tables: payload format 2 as notify_row_v2 writes it (v, id, r, x,
 -- s, t, op, n, o). SECURITY DEFINER so that writers need no privilege on the pgchanges schema; no SET clause:
@@ -67,7 +69,7 @@ BEGIN
               OFFSET 0) fitted,
              LATERAL (SELECT pg_catalog.pg_notify(c.channel, fitted.payload)
                       FROM pg_catalog.unnest(TG_ARGV) AS c(channel)) AS sent;
-    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+    ELSE
         PERFORM 1
         FROM (SELECT CASE WHEN pg_catalog.octet_length(made.payload) OPERATOR(pg_catalog.<) 8000 THEN made.payload
                           ELSE pgchanges.notify_spill_v3(made.payload) END AS payload
@@ -78,26 +80,14 @@ BEGIN
               OFFSET 0) fitted,
              LATERAL (SELECT pg_catalog.pg_notify(c.channel, fitted.payload)
                       FROM pg_catalog.unnest(TG_ARGV) AS c(channel)) AS sent;
-    ELSE
-        PERFORM 1
-        FROM (SELECT CASE WHEN pg_catalog.octet_length(made.payload) OPERATOR(pg_catalog.<) 8000 THEN made.payload
-                          ELSE pgchanges.notify_spill_v3(made.payload) END AS payload
-              FROM (SELECT '{"v":2,"id":' OPERATOR(pg_catalog.||) pg_catalog.nextval('pgchanges.event_seq'::pg_catalog.regclass)
-                           OPERATOR(pg_catalog.||) head OPERATOR(pg_catalog.||) ',"op":"update","n":' OPERATOR(pg_catalog.||) pair.n OPERATOR(pg_catalog.||) ',"o":' OPERATOR(pg_catalog.||) pair.o OPERATOR(pg_catalog.||) '}' AS payload
-                    FROM ROWS FROM (pg_catalog.unnest((SELECT pg_catalog.array_agg(pg_catalog.to_json(n)) FROM pgchanges_new n)),
-                              pg_catalog.unnest((SELECT pg_catalog.array_agg(pg_catalog.to_json(o)) FROM pgchanges_old o)))
-                         AS pair(n, o)
-                    OFFSET 0) made
-              OFFSET 0) fitted,
-             LATERAL (SELECT pg_catalog.pg_notify(c.channel, fitted.payload)
-                      FROM pg_catalog.unnest(TG_ARGV) AS c(channel)) AS sent;
     END IF;
     RETURN NULL;
 END
 $fn$;
 
--- The notify statement triggers of a table (not partitioned), with the channels ``p_args`` (a list of quoted
--- literals); the row trigger of earlier versions goes.
+-- The notify triggers of a table (not partitioned) since version 12, with the channels ``p_args`` (a list of
+-- quoted literals): statement triggers for INSERT and DELETE, the row trigger for UPDATE; the row trigger of
+-- every event of earlier versions goes.
 CREATE FUNCTION pgchanges.set_notify_statement_triggers_v1(p_table oid, p_args text) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -107,8 +97,7 @@ BEGIN
                    'REFERENCING NEW TABLE AS pgchanges_new '
                    'FOR EACH STATEMENT EXECUTE FUNCTION pgchanges.notify_rows_v3(%s)', p_table::regclass, p_args);
     EXECUTE format('CREATE OR REPLACE TRIGGER pgchanges_notify_update AFTER UPDATE ON %s '
-                   'REFERENCING OLD TABLE AS pgchanges_old NEW TABLE AS pgchanges_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION pgchanges.notify_rows_v3(%s)', p_table::regclass, p_args);
+                   'FOR EACH ROW EXECUTE FUNCTION pgchanges.notify_row_v2(%s)', p_table::regclass, p_args);
     EXECUTE format('CREATE OR REPLACE TRIGGER pgchanges_notify_delete AFTER DELETE ON %s '
                    'REFERENCING OLD TABLE AS pgchanges_old '
                    'FOR EACH STATEMENT EXECUTE FUNCTION pgchanges.notify_rows_v3(%s)', p_table::regclass, p_args);
@@ -141,10 +130,12 @@ BEGIN
     WHERE c.oid = p_table AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
       AND n.nspname NOT IN ('pgchanges', 'pg_catalog', 'information_schema');
     IF NOT FOUND THEN
-        -- A table attached as a partition is captured through its parent's row triggers (cloned onto it): its
-        -- own statement triggers would signal its rows a second time.
+        -- A table attached as a partition is captured through its parent's row trigger (cloned onto it): its own
+        -- notify triggers would signal its rows a second time.
         FOR trg IN SELECT g.tgname FROM pg_catalog.pg_trigger g
-                   WHERE g.tgrelid = p_table AND g.tgfoid = 'pgchanges.notify_rows_v3()'::pg_catalog.regprocedure LOOP
+                   WHERE g.tgrelid = p_table AND g.tgparentid = 0
+                     AND g.tgfoid IN ('pgchanges.notify_rows_v3()'::pg_catalog.regprocedure,
+                                      'pgchanges.notify_row_v2()'::pg_catalog.regprocedure) LOOP
             EXECUTE format('DROP TRIGGER %I ON %s', trg.tgname, p_table::regclass);
         END LOOP;
         DELETE FROM pgchanges.captures WHERE table_oid = p_table;

@@ -55,9 +55,9 @@ CREATE TABLE pgchanges.spill (
 );
 CREATE INDEX spill_created_at ON pgchanges.spill (created_at);
 
--- Row trigger of the notify source on a partitioned table (INSERT, UPDATE, DELETE; cloned onto each partition,
--- so a statement naming a partition is signalled too); other tables have the statement triggers of
--- notify_rows_v3, which write the same payloads. Its arguments are the channels to signal (one per matching rule). The payload is JSON, written by concatenation in one expression:
+-- Row trigger of the notify source: of UPDATE on a table, whose INSERT and DELETE have the statement triggers of
+-- notify_rows_v3 (they write the same payloads); of every event on a partitioned table (cloned onto each
+-- partition, so a statement naming a partition is signalled too). Its arguments are the channels to signal (one per matching rule). The payload is JSON, written by concatenation in one expression:
 --   v: format version (2), id: event id, r: table oid, x: transaction id, s/t: schema/table, op,
 --   n/o: new/old row as to_json() writes it (typed back to Python by the listener), absent when there is none.
 -- Payloads of 8000 bytes or more are stored in pgchanges.spill and the notification carries only their id
@@ -141,9 +141,9 @@ END
 $fn$;
 REVOKE EXECUTE ON FUNCTION pgchanges.notify_spill_v3(pg_catalog.text) FROM PUBLIC;
 
--- Statement trigger of the notify source: AFTER INSERT, UPDATE or DELETE (one event per trigger), with the
--- statement's rows in the transition tables pgchanges_new and pgchanges_old. Its arguments are the channels to
--- signal (one per matching rule). Each row's payload is made once (the OFFSET 0 fences keep nextval and the
+-- Statement trigger of the notify source: AFTER INSERT or DELETE (one event per trigger), with the statement's
+-- rows in the transition table pgchanges_new or pgchanges_old. Its arguments are the channels to signal (one
+-- per matching rule). Each row's payload is made once (the OFFSET 0 fences keep nextval and the
 -- spill to one evaluation per row; the channels are a LATERAL subquery of each payload) and sent to every
 -- channel, in the order of the transition tables: payload format 2 as notify_row_v2 writes it (v, id, r, x,
 -- s, t, op, n, o). SECURITY DEFINER so that writers need no privilege on the pgchanges schema; no SET clause:
@@ -169,26 +169,13 @@ BEGIN
               OFFSET 0) fitted,
              LATERAL (SELECT pg_catalog.pg_notify(c.channel, fitted.payload)
                       FROM pg_catalog.unnest(TG_ARGV) AS c(channel)) AS sent;
-    ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+    ELSE
         PERFORM 1
         FROM (SELECT CASE WHEN pg_catalog.octet_length(made.payload) OPERATOR(pg_catalog.<) 8000 THEN made.payload
                           ELSE pgchanges.notify_spill_v3(made.payload) END AS payload
               FROM (SELECT '{"v":2,"id":' OPERATOR(pg_catalog.||) pg_catalog.nextval('pgchanges.event_seq'::pg_catalog.regclass)
                            OPERATOR(pg_catalog.||) head OPERATOR(pg_catalog.||) ',"op":"delete","o":' OPERATOR(pg_catalog.||) pg_catalog.to_json(o) OPERATOR(pg_catalog.||) '}' AS payload
                     FROM pgchanges_old o
-                    OFFSET 0) made
-              OFFSET 0) fitted,
-             LATERAL (SELECT pg_catalog.pg_notify(c.channel, fitted.payload)
-                      FROM pg_catalog.unnest(TG_ARGV) AS c(channel)) AS sent;
-    ELSE
-        PERFORM 1
-        FROM (SELECT CASE WHEN pg_catalog.octet_length(made.payload) OPERATOR(pg_catalog.<) 8000 THEN made.payload
-                          ELSE pgchanges.notify_spill_v3(made.payload) END AS payload
-              FROM (SELECT '{"v":2,"id":' OPERATOR(pg_catalog.||) pg_catalog.nextval('pgchanges.event_seq'::pg_catalog.regclass)
-                           OPERATOR(pg_catalog.||) head OPERATOR(pg_catalog.||) ',"op":"update","n":' OPERATOR(pg_catalog.||) pair.n OPERATOR(pg_catalog.||) ',"o":' OPERATOR(pg_catalog.||) pair.o OPERATOR(pg_catalog.||) '}' AS payload
-                    FROM ROWS FROM (pg_catalog.unnest((SELECT pg_catalog.array_agg(pg_catalog.to_json(n)) FROM pgchanges_new n)),
-                              pg_catalog.unnest((SELECT pg_catalog.array_agg(pg_catalog.to_json(o)) FROM pgchanges_old o)))
-                         AS pair(n, o)
                     OFFSET 0) made
               OFFSET 0) fitted,
              LATERAL (SELECT pg_catalog.pg_notify(c.channel, fitted.payload)
@@ -625,8 +612,9 @@ $fn$;
 -- Brings one table's capture in line with the rules; returns whether anything changed.
 -- p_in_ddl: called by the event trigger, in the transaction of the DDL that renamed the table (so the name
 -- history is exact); the periodic follow cannot know when a rename happened and records none.
--- The notify statement triggers of a table (not partitioned), with the channels ``p_args`` (a list of quoted
--- literals); the row trigger of earlier versions goes.
+-- The notify triggers of a table (not partitioned) since version 12, with the channels ``p_args`` (a list of
+-- quoted literals): statement triggers for INSERT and DELETE, the row trigger for UPDATE; the row trigger of
+-- every event of earlier versions goes.
 CREATE FUNCTION pgchanges.set_notify_statement_triggers_v1(p_table oid, p_args text) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -636,8 +624,7 @@ BEGIN
                    'REFERENCING NEW TABLE AS pgchanges_new '
                    'FOR EACH STATEMENT EXECUTE FUNCTION pgchanges.notify_rows_v3(%s)', p_table::regclass, p_args);
     EXECUTE format('CREATE OR REPLACE TRIGGER pgchanges_notify_update AFTER UPDATE ON %s '
-                   'REFERENCING OLD TABLE AS pgchanges_old NEW TABLE AS pgchanges_new '
-                   'FOR EACH STATEMENT EXECUTE FUNCTION pgchanges.notify_rows_v3(%s)', p_table::regclass, p_args);
+                   'FOR EACH ROW EXECUTE FUNCTION pgchanges.notify_row_v2(%s)', p_table::regclass, p_args);
     EXECUTE format('CREATE OR REPLACE TRIGGER pgchanges_notify_delete AFTER DELETE ON %s '
                    'REFERENCING OLD TABLE AS pgchanges_old '
                    'FOR EACH STATEMENT EXECUTE FUNCTION pgchanges.notify_rows_v3(%s)', p_table::regclass, p_args);
@@ -669,10 +656,12 @@ BEGIN
     WHERE c.oid = p_table AND c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence <> 't'
       AND n.nspname NOT IN ('pgchanges', 'pg_catalog', 'information_schema');
     IF NOT FOUND THEN
-        -- A table attached as a partition is captured through its parent's row triggers (cloned onto it): its
-        -- own statement triggers would signal its rows a second time.
+        -- A table attached as a partition is captured through its parent's row trigger (cloned onto it): its own
+        -- notify triggers would signal its rows a second time.
         FOR trg IN SELECT g.tgname FROM pg_catalog.pg_trigger g
-                   WHERE g.tgrelid = p_table AND g.tgfoid = 'pgchanges.notify_rows_v3()'::pg_catalog.regprocedure LOOP
+                   WHERE g.tgrelid = p_table AND g.tgparentid = 0
+                     AND g.tgfoid IN ('pgchanges.notify_rows_v3()'::pg_catalog.regprocedure,
+                                      'pgchanges.notify_row_v2()'::pg_catalog.regprocedure) LOOP
             EXECUTE format('DROP TRIGGER %I ON %s', trg.tgname, p_table::regclass);
         END LOOP;
         DELETE FROM pgchanges.captures WHERE table_oid = p_table;
