@@ -5,8 +5,9 @@
 The notify floor (live, reads values, at least 0.9 of asyncpg) is bound by the writer: a live consumer cannot receive
 faster than the rows are written, and the writer pays for the trigger. On a table of the peers' columns, per
 trigger: its own time per row (EXPLAIN ANALYZE of 5,000 inserts, rolled back), the time to write 20,000 rows in
-transactions of 1,000 (as ``bench.peers`` writes them) and the time of a single-row INSERT statement (a DO loop
-of 5,000, one transaction), in rotated rounds; ratios are per-round medians.
+transactions of 1,000 (as ``bench.peers`` writes them), the time of a single-row INSERT statement (a DO loop
+of 5,000, one transaction: the statement's cost alone) and of a single-row transaction committed by a client
+(1,000 of them), in rotated rounds; ratios are per-round medians.
 
 * ``installed``: what ``pgchanges install`` puts on a table now: for INSERT (and DELETE) a statement trigger
   with a transition table (``notify_rows_v3``, migration 0012);
@@ -127,6 +128,16 @@ def write_single_rows(conninfo: str, table: str, n: int) -> float:
 EVERY_EVENT = ["none_every_event", "installed_every_event", "row_v2_every_event"]
 
 
+def write_single_transactions(conninfo: str, table: str, n: int) -> float:
+    """Microseconds per transaction of ``n`` single-row INSERT transactions, each committed by the client."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        statement = f"INSERT INTO {table} (name, qty, price, at, payload) SELECT {PEER_ROW} FROM (SELECT %s::bigint g) s"
+        start = time.perf_counter()
+        for g in range(n):
+            conn.execute(statement, (g,))
+        return (time.perf_counter() - start) / n * 1e6
+
+
 def update_and_delete(conninfo: str, table: str, n: int) -> dict[str, float]:
     """Seconds to update ``n`` rows in statements (and transactions) of PER_TXN rows; microseconds per single-row
     UPDATE statement (a DO loop over a quarter of them, one transaction); seconds to delete the ``n`` rows as the
@@ -185,6 +196,7 @@ def main() -> None:
                     figures.setdefault(("us", table), []).append(trigger_us_per_row(conninfo, table))
                 figures.setdefault(("s", table), []).append(write_rows(conninfo, table, args.rows))
                 figures.setdefault(("single", table), []).append(write_single_rows(conninfo, table, args.rows // 4))
+                figures.setdefault(("txn", table), []).append(write_single_transactions(conninfo, table, args.rows // 20))
             for table in EVERY_EVENT[rnd % 3 :] + EVERY_EVENT[: rnd % 3]:
                 for measure, value in update_and_delete(conninfo, table, args.rows).items():
                     figures.setdefault((measure, table), []).append(value)
@@ -204,13 +216,17 @@ def report(tables: list[str], figures: dict[tuple[str, str], list[float]], args:
         ratio = statistics.median(a / b for a, b in zip(seconds, peer, strict=True))
         single = figures[("single", table)]
         single_ratio = statistics.median(a / b for a, b in zip(single, figures[("single", "peer")], strict=True))
+        txn = figures[("txn", table)]
+        txn_ratio = statistics.median(a / b for a, b in zip(txn, figures[("txn", "peer")], strict=True))
         data["variants"][table] = {"trigger_us_per_row": round(us, 2), "writer_s": round(statistics.median(seconds), 3),
                                    "writer_ratio_to_peer": round(ratio, 3),
                                    "single_row_statement_us": round(statistics.median(single), 2),
-                                   "single_row_ratio_to_peer": round(single_ratio, 3)}  # fmt: skip
+                                   "single_row_ratio_to_peer": round(single_ratio, 3),
+                                   "single_row_transaction_us": round(statistics.median(txn), 1),
+                                   "single_row_transaction_ratio_to_peer": round(txn_ratio, 3)}  # fmt: skip
         rows.append(
             f"| {table} | {us:.2f} | {statistics.median(seconds):.3f} | {ratio:.3f} "
-            f"| {statistics.median(single):.1f} | {single_ratio:.3f} |"
+            f"| {statistics.median(single):.1f} | {single_ratio:.3f} | {statistics.median(txn):.0f} | {txn_ratio:.3f} |"
         )
     ops = []
     for table in EVERY_EVENT:
@@ -224,8 +240,8 @@ PostgreSQL {version}, fsync on, {data["machine"]["cpus"]} CPUs. Reproduce: `.ven
 --rounds {args.rounds}` (the module docstring says what each variant is). {args.rows:,} rows per write, in transactions of
 1,000; medians of {args.rounds} rotated rounds.
 
-| table's trigger | trigger µs per row (EXPLAIN ANALYZE) | writer s | writer ÷ the peers' writer | single-row INSERT µs | ÷ the peers' |
-|---|---|---|---|---|---|
+| table's trigger | trigger µs per row (EXPLAIN ANALYZE) | writer s | writer ÷ the peers' writer | single-row INSERT µs | ÷ the peers' | single-row transaction µs | ÷ the peers' |
+|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 Updates and deletes ({args.rows:,} rows, statements of 1,000 committed one by one; single-row UPDATE statements

@@ -8,10 +8,12 @@ table attached as a partition is signalled once, by its parent's row trigger.
 
 import json
 import select
+import uuid
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 import pgchanges
 from pgchanges.names import TableName
@@ -98,3 +100,22 @@ def _notifications(conn: psycopg.Connection, wanted: int, timeout: float = 10.0)
         got += [(n.channel, n.payload) for n in conn.notifies(timeout=0.1, stop_after=wanted - len(got))]
     assert len(got) == wanted, f"{len(got)} of {wanted} notifications within {timeout}s"
     return got
+
+
+async def test_nobody_but_the_trigger_stores_a_spilled_payload(dsn, db):
+    db.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    async with pgchanges.stream(dsn, tables=["t"]):
+        pass  # installs the capture
+    role = f"spiller_{uuid.uuid4().hex[:8]}"
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    db.execute(sql.SQL("GRANT USAGE ON SCHEMA pgchanges TO {}").format(sql.Identifier(role)))
+    db.execute(sql.SQL("GRANT INSERT ON t TO {}").format(sql.Identifier(role)))
+    try:
+        with psycopg.connect(make_conninfo(dsn, user=role), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="notify_spill_v3"):
+                conn.execute("""SELECT pgchanges.notify_spill_v3('{"id": 99, "s": "public", "t": "t"}')""")
+            conn.execute("INSERT INTO t VALUES (1, %s)", ("x" * 9000,))  # the trigger still spills for this role
+        assert db.execute("SELECT count(*) FROM pgchanges.spill").fetchone() == (1,)
+    finally:
+        db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -1,12 +1,13 @@
-"""The notify source: row triggers ``pg_notify`` a JSON payload; a dedicated connection LISTENs.
+"""The notify source: triggers ``pg_notify`` a JSON payload per row; a dedicated connection LISTENs.
 
 At-most-once: NOTIFY is not queued for a listener that is away. When the LISTEN connection drops, the source
 reconnects with backoff and, once LISTEN is in place again (so nothing after the signal can be missed), emits
 a ``gap`` change so handlers can resynchronise. Payloads over NOTIFY's 8000-byte limit were spilled into
 ``pgchanges.spill`` by the trigger; the source fetches them, in order, in the same batch.
 
-Payloads are JSON (format 2 since schema version 11, ``notify_row_v2``; format 1 has the same keys, so events
-in flight across an upgrade and payloads spilled before it read the same). They are parsed with fractions as
+Payloads are JSON (format 2 since schema version 11: ``notify_row_v2``, and since version 12 the statement
+triggers of ``notify_rows_v3``; format 1 has the same keys, so events in flight across an upgrade and payloads
+spilled before it read the same). They are parsed with fractions as
 floats and parsed again with every digit only when a numeric value needs it (:mod:`pgchanges.sources.rows`).
 """
 

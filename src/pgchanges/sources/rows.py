@@ -19,6 +19,7 @@ from typing import Any
 
 from pgchanges.change import EMPTY, Change, Op, Row, freeze, new_change
 from pgchanges.lazy import LazyMapping
+from pgchanges.rowmaps import Row as LazyRow
 from pgchanges.rowmaps import jsonb_from_text
 from pgchanges.rowtypes import RowType
 
@@ -73,6 +74,16 @@ def convert(row_type: RowType | None, rows: ParsedRows, exact: bool) -> None:
                 row_type.convert(row)
 
 
+def typed_lazily(row_type: RowType | None, row: dict[str, Any] | None, exact: bool) -> Row | None:
+    """``row`` as a handler gets it: typed by ``row_type`` (as :func:`convert` does) when first read, so that a
+    handler that reads no value pays for no conversion (the compiled :class:`pgchanges.rowmaps.Row`)."""
+    if row is None:
+        return None
+    if row_type is None:
+        return freeze(row)
+    return LazyRow.deferred(row_type.convert_exact if exact else row_type.convert, row)  # type: ignore[no-any-return]
+
+
 def row_change(
     *,
     change_id: str,
@@ -89,7 +100,7 @@ def row_change(
     extra: Row | None = None,
     on_stale: Callable[[], None] | None = None,
 ) -> Change:
-    """A Change with ``changed`` computed from the parsed rows, then values typed by ``row_type``.
+    """A Change with ``changed`` computed from the parsed rows, its values typed by ``row_type`` when first read.
 
     ``exact()`` gives ``new`` and ``old`` parsed again with fractions as Decimal (see :func:`exact_if_needed`);
     rows that ``row_type`` no longer fits (see :func:`fitting`) stay as that exact parse gave them.
@@ -100,8 +111,10 @@ def row_change(
     changed = EMPTY
     if new is not None and old is not None:
         changed = tuple(key for key, value in new.items() if old.get(key, _MISSING) != value)
-    convert(row_type, (new, old), is_exact)
-    fields = (change_id, op, schema, table, freeze(new), freeze(old), changed, xid, None, position, source, extra)
+    fields = (
+        change_id, op, schema, table, typed_lazily(row_type, new, is_exact), typed_lazily(row_type, old, is_exact),
+        changed, xid, None, position, source, extra,
+    )  # fmt: skip
     return new_change(Change, fields)
 
 
