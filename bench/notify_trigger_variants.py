@@ -250,6 +250,16 @@ in a DO loop), triggers on every event:
 | table's triggers | UPDATE s | single-row UPDATE µs | DELETE s |
 |---|---|---|---|
 {chr(10).join(ops)}
+
+What this decided (issue 15, migration 0012): the copies of the row trigger show that no single piece of its
+payload (the names, the event id, the xid, the casts, SECURITY DEFINER, the spill check) closes the gap to the
+peers' writer; the PL/pgSQL call per row does. A statement trigger with a transition table makes a statement's
+payloads in one query, and a bulk insert then costs its writer no more than the peers' bare trigger. The
+price is per statement: a single-row INSERT pays a query on the transition table where the row trigger
+evaluated expressions (compare the single-row columns; in a transaction committed by a client it is lost in
+the commit). For UPDATE, pairing old and new rows made that price about double a single-row UPDATE's trigger
+cost (measured while choosing, with the pairing of migration 0012's comment), so UPDATE keeps the row trigger;
+DELETE, like INSERT, gains on bulk statements.
 """
     write_results("notify-trigger-variants", data, markdown)
     print(markdown)
