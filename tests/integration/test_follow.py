@@ -124,7 +124,8 @@ def test_a_role_without_rights_on_pgchanges_can_still_create_tables_and_they_are
             conn.execute("CREATE TABLE mine (id int)")
             conn.execute("ALTER TABLE mine ADD COLUMN note text")
             conn.execute("INSERT INTO mine VALUES (1)")
-        assert triggers_on(db, "mine") == [f"pgchanges_notify_{event}" for event in ("delete", "insert", "truncate", "update")]
+        events = ("delete", "insert", "truncate", "update")
+        assert triggers_on(db, "mine") == [f"pgchanges_notify_{event}" for event in events]
     finally:
         db.execute("DROP TABLE IF EXISTS mine")
         db.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")

@@ -145,7 +145,8 @@ async def test_notify_row_triggers_become_statement_triggers_except_on_partition
         (notes, ledger),
     )
     db.execute("SELECT pgchanges.follow_table_v1('notes'::regclass), pgchanges.follow_table_v1('ledger'::regclass)")
-    assert [f for _, f, _ in notify_trigger_functions(db)] == ["pgchanges.notify_row_v2()", "pgchanges.notify_truncate_v2()"]
+    functions = [f for _, f, _ in notify_trigger_functions(db)]
+    assert functions == ["pgchanges.notify_row_v2()", "pgchanges.notify_truncate_v2()"]
 
     migrations.migrate(db)
     assert notify_trigger_functions(db) == statement_triggers(f"elsewhere\\000{notes}\\000")

@@ -56,7 +56,8 @@ async def test_a_row_for_two_channels_has_one_id_and_one_spill(dsn, db):
     async with pgchanges.stream(dsn, tables=["t"]):
         pass  # installs the capture
     db.execute(
-        "INSERT INTO pgchanges.capture_rules (source, schema_like, table_like, channel) VALUES ('notify', 'public', 't%', 'second')"
+        "INSERT INTO pgchanges.capture_rules (source, schema_like, table_like, channel) "
+        "VALUES ('notify', 'public', 't%', 'second')"
     )
     db.execute("SELECT pgchanges.follow_table_v1('t'::regclass)")
     with psycopg.connect(dsn, autocommit=True) as listener:
