@@ -214,13 +214,13 @@ static int type_emit(void *vctx, Py_ssize_t index, int kind, const unsigned char
     return rc;
 }
 
-static PyObject *decode_tuple_row(RowObject *self) {
+static PyObject *decode_tuple_row(RowObject *self, PyObject *names, PyObject *converters, PyObject *data) {
     if (need_configured() < 0) return NULL;
     Py_buffer view;
-    if (PyObject_GetBuffer(self->data, &view, PyBUF_SIMPLE) < 0) return NULL;
-    Py_ssize_t columns = PyTuple_GET_SIZE(self->names);
-    if (PyTuple_GET_SIZE(self->converters) < columns) columns = PyTuple_GET_SIZE(self->converters);
-    TypeCtx ctx = {PyDict_New(), self->names, self->converters, columns};
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
+    Py_ssize_t columns = PyTuple_GET_SIZE(names);
+    if (PyTuple_GET_SIZE(converters) < columns) columns = PyTuple_GET_SIZE(converters);
+    TypeCtx ctx = {PyDict_New(), names, converters, columns};
     if (ctx.dict == NULL) {
         PyBuffer_Release(&view);
         return NULL;
@@ -238,21 +238,35 @@ static PyObject *decode_tuple_row(RowObject *self) {
     return ctx.dict;
 }
 
-/* The row's dict, decoding it on first use (a borrowed reference, or NULL with an exception set). */
+/* The row's dict, decoding it on first use (a borrowed reference, or NULL with an exception set).
+ *
+ * Decoding runs Python code (converters, a deferred load), and while it does another thread may read the same
+ * row (an async handler and a plain one in a worker thread) and finish first: what is used here is held for
+ * the duration, and the first dict that is done is kept. */
 static PyObject *row_load(RowObject *self) {
     if (self->values != NULL) return self->values;
+    PyObject *names = Py_XNewRef(self->names);
+    PyObject *converters = Py_NewRef(self->converters);
+    PyObject *data = Py_NewRef(self->data);
     PyObject *values;
-    if (self->names != NULL) {
-        values = decode_tuple_row(self);
+    if (names != NULL) {
+        values = decode_tuple_row(self, names, converters, data);
     } else {
-        values = PyObject_CallOneArg(self->converters, self->data);
+        values = PyObject_CallOneArg(converters, data);
         if (values != NULL && !PyDict_CheckExact(values)) {
             PyErr_Format(PyExc_TypeError, "a deferred row's load() returned %.100s, not a dict",
                          Py_TYPE(values)->tp_name);
             Py_CLEAR(values);
         }
     }
+    Py_XDECREF(names);
+    Py_DECREF(converters);
+    Py_DECREF(data);
     if (values == NULL) return NULL;
+    if (self->values != NULL) { /* another thread's decoding finished first */
+        Py_DECREF(values);
+        return self->values;
+    }
     self->values = values;
     Py_CLEAR(self->data); /* the raw form is not needed again: let its buffer go */
     Py_CLEAR(self->converters);

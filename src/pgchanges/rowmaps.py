@@ -136,6 +136,9 @@ class PyRow(LazyMapping):
 
     def _decode(self) -> dict[str, Any]:
         names, converters, data = self._names, self._converters, self._data
+        if converters is None:  # another thread decoded this row meanwhile (see the compiled row_load)
+            assert self._values is not None
+            return self._values
         if names is None:
             values = converters(data)
             if type(values) is not dict:
@@ -148,6 +151,7 @@ class PyRow(LazyMapping):
                 name: value if value is None or value is UNCHANGED_TOAST else convert(value)
                 for name, convert, value in zip(names, converters, raw, strict=False)
             }
+        self._values = values  # before the raw form goes: a thread that finds it gone finds these
         self._data = self._converters = None
         return values
 

@@ -243,6 +243,15 @@ class RowType:
                 row[name] = convert(value)
         return row
 
+    def converted(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A typed copy of ``row`` (as :meth:`convert` types it), ``row`` left as it is: the load of a row typed on
+        first read, which two threads may run at once (each then types its own copy, never the other's values)."""
+        return self.convert(dict(row))
+
+    def converted_exact(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A typed copy of ``row`` as :meth:`convert_exact` types it (see :meth:`converted`)."""
+        return self.convert_exact(dict(row))
+
     def take_json(self, row: dict[str, Any], fast: Mapping[str, Any]) -> None:
         """Give ``row`` (parsed with fractions as Decimal) the json and jsonb values of ``fast``, the same row
         from the fast parse, whose fractions are floats as psycopg's json loader gives them."""

@@ -304,7 +304,10 @@ async def test_the_next_batch_is_read_and_prepared_while_one_is_in_hand_and_ackn
         await tg.start(app.serve)
         db.execute("INSERT INTO t SELECT generate_series(1, 30)")
         written = db.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # past the commit record
-        await wait_until(lambda: len(prepared) >= 2, lambda: f"a second batch prepared (prepared {prepared})")
+        # the handler may start on the first batch just after the second was prepared: wait for both
+        await wait_until(
+            lambda: len(prepared) >= 2 and handled, lambda: f"a second batch prepared (prepared {prepared})"
+        )
         assert len(handled) == 1 and prepared[0] == handled[0] and prepared[1][0] == handled[0][-1] + 1
         confirmed = "SELECT confirmed_flush_lsn < %s FROM pg_replication_slots WHERE slot_name = 'ahead'"
         assert db.execute(confirmed, (written,)).fetchone()[0], "the slot passed a batch still in hand"

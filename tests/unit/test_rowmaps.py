@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -115,6 +117,46 @@ def test_deferred_and_loaded_rows(impl: Any) -> None:
         dict(row_type.deferred(lambda _: [1], None))
     with pytest.raises(ValueError, match="boom"):
         dict(row_type.deferred(lambda _: (_ for _ in ()).throw(ValueError("boom")), None))
+
+
+def test_a_row_read_by_many_threads_at_once_is_decoded_whole_for_each(impl: Any) -> None:
+    # The first read decodes, running Python (converters, a deferred load); other threads reading the same row
+    # meanwhile must each get the whole row, and none a half-cleared one.
+    row_type = impl[0]
+    started = threading.Barrier(8)
+
+    def slow(value: bytes) -> int:
+        os.sched_yield()  # let the other threads in while this row is being decoded
+        return int(value)
+
+    def load(text: str) -> dict[str, Any]:
+        os.sched_yield()
+        return {"a": text}
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        _read_by_threads(row_type, slow, load, started)
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def _read_by_threads(row_type: Any, slow: Any, load: Any, started: threading.Barrier) -> None:
+    for _ in range(50):
+        tuple_row = row_type(NAMES, (slow, *CONVERTERS[1:]), insert(b"7", None, b"1.50"), 6, True)
+        deferred = row_type.deferred(load, "x")
+        got: list[Any] = []
+
+        def read(tuple_row: Any = tuple_row, deferred: Any = deferred, got: list[Any] = got) -> None:
+            started.wait()
+            got.append((dict(tuple_row), dict(deferred)))
+
+        threads = [threading.Thread(target=read) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+        assert got == [({"id": 7, "note": None, "amount": Decimal("1.50")}, {"a": "x"})] * 8
 
 
 values = st.one_of(st.none(), st.just(p.UNCHANGED_TOAST), st.binary(max_size=20))

@@ -81,7 +81,7 @@ def typed_lazily(row_type: RowType | None, row: dict[str, Any] | None, exact: bo
         return None
     if row_type is None:
         return freeze(row)
-    return LazyRow.deferred(row_type.convert_exact if exact else row_type.convert, row)  # type: ignore[no-any-return]
+    return LazyRow.deferred(row_type.converted_exact if exact else row_type.converted, row)  # type: ignore[no-any-return]
 
 
 def row_change(
