@@ -148,7 +148,7 @@ def _read_by_threads(row_type: Any, slow: Any, load: Any, started: threading.Bar
         got: list[Any] = []
 
         def read(tuple_row: Any = tuple_row, deferred: Any = deferred, got: list[Any] = got) -> None:
-            started.wait()
+            started.wait(timeout=10)
             got.append((dict(tuple_row), dict(deferred)))
 
         threads = [threading.Thread(target=read) for _ in range(8)]
