@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from pgchanges.change import EMPTY, Change, Op, Row, freeze, new_change
-from pgchanges.lazy import LazyMapping
 from pgchanges.rowmaps import Row as LazyRow
 from pgchanges.rowmaps import jsonb_from_text
 from pgchanges.rowtypes import RowType
@@ -139,23 +139,11 @@ def decode_row(text: str, row_type: RowType | None, on_stale: Callable[[], None]
     return row
 
 
-class LazyJsonRow(LazyMapping):
-    """A row as PostgreSQL's ``to_json`` wrote it, parsed and typed by ``row_type`` on first access.
+def lazy_json_row(text: str, row_type: RowType | None, on_stale: Callable[[], None]) -> Row:
+    """A row as PostgreSQL's ``to_json`` wrote it, parsed and typed by ``row_type`` when first read
+    (:func:`decode_row`, in a :class:`pgchanges.rowmaps.Row`, as :func:`typed_lazily` makes for parsed rows).
 
     When the row no longer has the columns of ``row_type`` (the table changed since the types were read), its
     values stay as JSON gave them and ``on_stale`` is called so that the caller reads the types again.
     """
-
-    __slots__ = ("_on_stale", "_row_type", "_text")
-
-    def __init__(self, text: str, row_type: RowType | None, on_stale: Callable[[], None]) -> None:
-        super().__init__()
-        self._text: str | None = text
-        self._row_type = row_type
-        self._on_stale = on_stale
-
-    def _decode(self) -> dict[str, Any]:
-        assert self._text is not None
-        values = decode_row(self._text, self._row_type, self._on_stale)
-        self._text = None
-        return values
+    return LazyRow.deferred(partial(decode_row, row_type=row_type, on_stale=on_stale), text)  # type: ignore[no-any-return]

@@ -1,9 +1,10 @@
 """Outbox event rows (as the claim queries return them, read by column name) → typed, immutable Changes.
 
-Inserts and deletes carry one row, parsed and typed when a handler first reads it (:class:`LazyJsonRow`);
-updates are decoded at once, because ``changed`` needs both rows. Rows are parsed as :mod:`pgchanges.sources.rows`
-says (fractions as floats, again with every digit when a numeric needs it). Column types are read once per
-table and read again when a row no longer fits them (the table changed since).
+Inserts and deletes carry one row, parsed and typed when a handler first reads it
+(:func:`~pgchanges.sources.rows.lazy_json_row`); updates are decoded at once, because ``changed`` needs both
+rows. Rows are parsed as :mod:`pgchanges.sources.rows` says (fractions as floats, again with every digit when a
+numeric needs it). Column types are read once per table and read again when a row no longer fits them (the
+table changed since).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pgchanges.capture.queries import Columns
 from pgchanges.change import EMPTY, Change, freeze
 from pgchanges.rowtypes import RowType, fetch_row_types
 from pgchanges.sources.outbox.claims import Claimed
-from pgchanges.sources.rows import LazyJsonRow, ParsedRows, parse_exact, parse_json, row_change
+from pgchanges.sources.rows import ParsedRows, lazy_json_row, parse_exact, parse_json, row_change
 
 SOURCE = "outbox"
 
@@ -65,7 +66,7 @@ class EventDecoder:
             extra = freeze(details)
         op = row[col.op]
         if op == "insert" or op == "delete":  # noqa: PLR1714 - one row: parsed and typed when first read
-            lazy = LazyJsonRow(row[col.new_row] or row[col.old_row], self._row_types.get(oid), self._forgetter(oid))
+            lazy = lazy_json_row(row[col.new_row] or row[col.old_row], self._row_types.get(oid), self._forgetter(oid))
             # positional, in field order: built per event on the hot path, where keywords cost twice the time
             return Change(
                 f"outbox:{event_id}",  # id
