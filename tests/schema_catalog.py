@@ -26,6 +26,15 @@ from psycopg import sql
 from pgchanges.capture import migrations
 from pgchanges.embedded import LocalCluster
 
+#: The notify triggers install puts on a table (not partitioned) since schema version 12, by name order:
+#: statement triggers for INSERT and DELETE, the row trigger for UPDATE, and the TRUNCATE one.
+NOTIFY_TRIGGERS = (
+    "pgchanges_notify_delete",
+    "pgchanges_notify_insert",
+    "pgchanges_notify_truncate",
+    "pgchanges_notify_update",
+)
+
 CATALOG_QUERIES: dict[str, str] = {
     "schema": """
         SELECT n.nspname, pg_get_userbyid(n.nspowner), n.nspacl::text FROM pg_namespace n WHERE n.oid = %(ns)s""",

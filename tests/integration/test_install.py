@@ -6,9 +6,7 @@ import pytest
 from pgchanges.capture import install as capture
 from pgchanges.errors import PermissionDenied, TableNotFound
 from pgchanges.names import TableName
-
-#: The notify triggers of a table (statement triggers, one per event, and the TRUNCATE one), by name order.
-NOTIFY_EVENTS = ("delete", "insert", "truncate", "update")
+from tests.schema_catalog import NOTIFY_TRIGGERS
 
 CATALOG_SNAPSHOT = """
 SELECT 'namespace', nspname FROM pg_namespace
@@ -34,7 +32,7 @@ def test_install_is_idempotent(db):
     assert capture.install(db, [orders]) == [orders]
     first = triggers_on(db, "orders")
     assert capture.install(db, [orders]) == []
-    assert triggers_on(db, "orders") == first == [(f"pgchanges_notify_{event}",) for event in NOTIFY_EVENTS]
+    assert triggers_on(db, "orders") == first == [(name,) for name in NOTIFY_TRIGGERS]
     assert [(c.table, c.source) for c in capture.captures(db)] == [(orders, "notify")]
 
 
@@ -68,7 +66,7 @@ def test_uninstall_one_table_keeps_the_others(db):
     capture.install(db, [TableName("public", "a"), TableName("public", "b")])
     assert capture.uninstall(db, [TableName("public", "a")]) == [TableName("public", "a")]
     assert triggers_on(db, "a") == []
-    assert len(triggers_on(db, "b")) == len(NOTIFY_EVENTS)
+    assert len(triggers_on(db, "b")) == len(NOTIFY_TRIGGERS)
     assert capture.schema_installed(db)
 
 

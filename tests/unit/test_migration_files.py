@@ -21,8 +21,8 @@ LANDED = {
     "0009_outbox_write_path.sql": "98f8a41bb03cfaae942206f36659a25daafd8ff9ea5b3aec28a3b52064d689d7",
     "0010_outbox_cut_pieces.sql": "d51a006f9cd5a468b10f68ed61f202c7d000a6c309c9a9548ac3ab206bc89363",
     "0011_notify_payload_v2.sql": "27ed51de2daf40deb7f89cc66851ec0370888b1665e5d9550215364a2e148d5f",
-    "0012_notify_statement_triggers.sql": "26d863c1477028526ffff3a6eca22d8a8c7051349ee403be70bf5c09e6353dad",
-    "baseline_0012.sql": "cd2d0628fefc88db7952291cdead0b538d4217f3e33aa52305795b14205d6e2c",
+    "0012_notify_statement_triggers.sql": "b27f6d710673756cf8120b82a5123f2823bf2ac59a76757d2eff38f5ef54bd48",
+    "baseline_0012.sql": "edacedb75c432fee624d0efc2d7dc4b1a8cc56b3c7234a45c802f7384e711b16",
 }
 
 

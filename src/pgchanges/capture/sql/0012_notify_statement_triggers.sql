@@ -149,8 +149,9 @@ BEGIN
     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
     WHERE i.indrelid = p_table AND i.indisprimary;
 
-    -- notify: statement triggers (row triggers on a partitioned table: see notify_rows_v3) and a TRUNCATE trigger,
-    -- given the channels of every matching rule
+    -- notify: statement triggers for INSERT and DELETE and the row trigger for UPDATE (the row trigger for every
+    -- event on a partitioned table: see set_notify_statement_triggers_v1), and a TRUNCATE trigger, given the
+    -- channels of every matching rule
     SELECT array_agg(DISTINCT r.channel ORDER BY r.channel) INTO channels FROM pgchanges.capture_rules r
     WHERE r.source = 'notify' AND t_schema LIKE r.schema_like AND t_name LIKE r.table_like;
     had := EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgrelid = p_table
